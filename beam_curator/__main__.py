@@ -1,0 +1,3 @@
+from beam_curator.cli import main
+
+raise SystemExit(main())

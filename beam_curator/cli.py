@@ -1,0 +1,246 @@
+"""The `beam-curator` command: `curate` shards into curated shards, `make-sample` a dataset to try it on."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+__all__ = ["RunStats", "build_parser", "main"]
+
+_LOG = logging.getLogger(__name__)
+DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
+_LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass
+class RunStats:
+    """What a curate run did; printed at the end and written to DIR/_stats.json."""
+
+    shards: int
+    shards_read: int
+    samples_read: int
+    samples_without_image: int
+    images_read: int
+    images_decoded: int
+    images_failed: int
+    images_written: int
+    tars_written: int
+    seconds: float
+    images_per_second: float
+
+    def summary(self) -> str:
+        return (
+            f"shards: {self.shards_read}/{self.shards}  samples: {self.samples_read}  "
+            f"images read: {self.images_read}  decoded: {self.images_decoded}  failed: {self.images_failed}  "
+            f"written: {self.images_written}  tars: {self.tars_written}  "
+            f"seconds: {self.seconds:.1f}  images/s: {self.images_per_second:.1f}"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="beam-curator",
+        description="Curate WebDataset image shards on Apache Beam. Unrecognised options "
+        "(--runner, --direct_num_workers, --project, ...) go to Beam's PipelineOptions.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    curate = commands.add_parser("curate", help="read, decode and write curated tar + parquet shards")
+    curate.add_argument("inputs", nargs="+", metavar="INPUT", help="shard files, directories or globs (local, gs://, s3://)")
+    curate.add_argument("--output", required=True, metavar="DIR", help="output directory (local, gs://, s3://)")
+    partitioning = curate.add_argument_group("FilePartitioningStage")
+    partitioning.add_argument("--files-per-partition", type=int, default=1)
+    partitioning.add_argument("--file-extensions", default=".tar", help="comma-separated, e.g. .tar,.tar.gz")
+    reader = curate.add_argument_group("ImageReaderStage")
+    reader.add_argument("--dali-batch-size", type=int, default=100)
+    reader.add_argument("--num-threads", type=int, default=8, help="DALI decoding threads per worker process")
+    reader.add_argument("--num-gpus-per-worker", type=float, default=0.25, help="0 forces CPU decoding")
+    reader.add_argument("--reader-verbose", action=argparse.BooleanOptionalAction, default=True,
+                        help="log one line per shard read")
+    writer = curate.add_argument_group("ImageWriterStage")
+    writer.add_argument("--images-per-tar", type=int, default=1000)
+    writer.add_argument("--writer-verbose", action=argparse.BooleanOptionalAction, default=False,
+                        help="log each tar written")
+    writer.add_argument("--deterministic-name", action=argparse.BooleanOptionalAction, default=True,
+                        help="same input and options give the same shard names")
+    writer.add_argument("--remove-image-data", action=argparse.BooleanOptionalAction, default=False,
+                        help="drop decoded pixels as soon as each image is written")
+    writer.add_argument("--jpeg-quality", type=int, default=95, help="quality of re-encoded images")
+    writer.add_argument("--force-reencode", action="store_true", help="re-encode every image from its pixels")
+    writer.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier run in DIR")
+    curate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show progress while running (default: on for local runners)")
+
+    sample = commands.add_parser("make-sample", help="write a small sample WebDataset to try the pipeline on")
+    sample.add_argument("directory", metavar="DIR")
+    sample.add_argument("--shards", type=int, default=3)
+    sample.add_argument("--images-per-shard", type=int, default=40)
+    sample.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("beam_curator").setLevel(logging.INFO)
+    args, beam_args = build_parser().parse_known_args(argv)
+    if args.command == "make-sample":
+        if beam_args:
+            raise SystemExit(f"make-sample: unrecognized arguments: {' '.join(beam_args)}")
+        from beam_curator.sample import make_sample_dataset
+
+        paths = make_sample_dataset(
+            args.directory, shards=args.shards, images_per_shard=args.images_per_shard, seed=args.seed
+        )
+        print(f"wrote {len(paths)} shard(s) of {args.images_per_shard} images to {args.directory}")
+        return 0
+    stats = curate(args, beam_args)
+    print(stats.summary())
+    return 0
+
+
+def _runner_name(beam_args: list[str]) -> str | None:
+    for index, arg in enumerate(beam_args):
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+        if arg == "--runner" and index + 1 < len(beam_args):
+            return beam_args[index + 1]
+    return None
+
+
+def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_curator import storage
+    from beam_curator.transforms import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+
+    runner = _runner_name(beam_args)
+    if runner is None:
+        beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
+        runner = DEFAULT_RUNNER
+    show_progress = args.progress if args.progress is not None else runner.split(".")[-1] in _LOCAL_RUNNERS
+    progress_dir = tempfile.mkdtemp(prefix="beam_curator-progress-") if show_progress else None
+
+    partitioning = FilePartitioningStage(
+        args.inputs,
+        files_per_partition=args.files_per_partition,
+        file_extensions=[ext.strip() for ext in args.file_extensions.split(",") if ext.strip()],
+    )
+    total_shards = sum(len(task.data) for task in partitioning.partitions())
+    reader = ImageReaderStage(
+        dali_batch_size=args.dali_batch_size,
+        verbose=args.reader_verbose,
+        num_threads=args.num_threads,
+        num_gpus_per_worker=args.num_gpus_per_worker,
+        progress_dir=progress_dir,
+    )
+    writer = ImageWriterStage(
+        args.output,
+        images_per_tar=args.images_per_tar,
+        verbose=args.writer_verbose,
+        deterministic_name=args.deterministic_name,
+        remove_image_data=args.remove_image_data,
+        jpeg_quality=args.jpeg_quality,
+        force_reencode=args.force_reencode,
+        overwrite=args.overwrite,
+    )
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    _ = (
+        pipeline
+        | "FilePartitioning" >> partitioning  # FileGroupTask
+        | "ImageReader" >> reader  # ImageBatch, fused with the writer: pixels never cross a shuffle
+        | "ImageWriter" >> writer  # FileGroupTask of each committed tar + parquet pair
+    )
+    started = time.monotonic()
+    reporter = _ProgressReporter(progress_dir, total_shards, started) if progress_dir else None
+    try:
+        if reporter:
+            reporter.start()
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        if reporter:
+            reporter.stop()
+        if progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
+    seconds = time.monotonic() - started
+    stats = _stats_from_metrics(result, total_shards, seconds)
+    with storage.create(storage.join(args.output, "_stats.json")) as handle:
+        handle.write(json.dumps(asdict(stats), indent=2).encode())
+    return stats
+
+
+def _stats_from_metrics(result, total_shards: int, seconds: float) -> RunStats:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from beam_curator.transforms.metrics import NAMESPACE
+
+    values: dict[str, int] = {}
+    for metric in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = metric.committed if metric.committed is not None else metric.attempted
+        values[metric.key.metric.name] = values.get(metric.key.metric.name, 0) + int(value or 0)
+    samples = values.get("samples_read", 0)
+    without_image = values.get("samples_without_image", 0)
+    written = values.get("images_committed", 0)
+    return RunStats(
+        shards=total_shards,
+        shards_read=values.get("shards_read", 0),
+        samples_read=samples,
+        samples_without_image=without_image,
+        images_read=samples - without_image,
+        images_decoded=values.get("images_decoded", 0),
+        images_failed=values.get("images_failed", 0),
+        images_written=written,
+        tars_written=values.get("tars_written", 0),
+        seconds=round(seconds, 3),
+        images_per_second=round(written / seconds, 2) if seconds > 0 else 0.0,
+    )
+
+
+class _ProgressReporter(threading.Thread):
+    """Sums the workers' progress files and prints a line every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, directory: str, total_shards: int, started: float):
+        super().__init__(name="beam_curator-progress", daemon=True)
+        self._directory = directory
+        self._total = total_shards
+        self._start_time = started
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(PROGRESS_EVERY_S):
+            shards, images = self.read()
+            elapsed = time.monotonic() - self._start_time
+            print(
+                f"progress: {shards}/{self._total} shards, {images} images, {images / elapsed:.1f} images/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def read(self) -> tuple[int, int]:
+        shards = images = 0
+        for name in os.listdir(self._directory):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self._directory, name)) as handle:
+                    figures = json.load(handle)
+            except (OSError, ValueError):
+                continue  # replaced while we read it; the next round sees it
+            shards += figures["shards"]
+            images += figures["images"]
+        return shards, images
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=5)

@@ -1,0 +1,153 @@
+"""The data model carried between stages: NeMo Curator's task types, plus what lossless curation needs.
+
+`ImageObject` keeps every field of NeMo Curator's (image_path, image_id, metadata, image_data,
+embedding, aesthetic_score, nsfw_score) and adds the sample's WebDataset key, its original encoded
+bytes and its companion members, so a writer can reproduce the input sample without loss.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DocumentBatch",
+    "FileGroupTask",
+    "ImageBatch",
+    "ImageObject",
+    "StagePerf",
+    "Task",
+]
+
+
+@dataclass
+class StagePerf:
+    """One stage's work on one task: wall seconds spent and items handled."""
+
+    stage: str
+    seconds: float
+    items: int
+
+
+@dataclass
+class Task:
+    """Base of every element that flows between stages."""
+
+    task_id: str
+    dataset_name: str
+    data: Any = None
+    _metadata: dict[str, Any] = field(default_factory=dict)
+    _stage_perf: list[StagePerf] = field(default_factory=list)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.data) if self.data is not None else 0
+
+    def add_stage_perf(self, stage: str, seconds: float, items: int) -> None:
+        self._stage_perf.append(StagePerf(stage=stage, seconds=float(seconds), items=int(items)))
+
+    def validate(self) -> bool:
+        return True
+
+
+@dataclass
+class FileGroupTask(Task):
+    """A group of files: the shards one reader call handles, or the pair of files a writer produced."""
+
+    data: list[str] = field(default_factory=list)
+
+    def validate(self) -> bool:
+        return all(isinstance(path, str) and path for path in self.data)
+
+
+@dataclass
+class ImageObject:
+    """One image sample.
+
+    image_data is HxWx3 uint8 RGB. The reader marks the arrays it decodes read-only and keeps a
+    reference in `decoded_pixels`: while `image_data is decoded_pixels` the pixels are the ones decoded
+    from `image_bytes`, so a writer can store the original bytes instead of re-encoding. A stage that
+    changes pixels must build a new array (the decoded one cannot be written in place).
+    """
+
+    image_path: str = ""
+    image_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    image_data: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    aesthetic_score: float | None = None
+    nsfw_score: float | None = None
+    # Lossless-curation additions.
+    key: str = ""
+    image_bytes: bytes | None = None
+    image_format: str = ""  # the image member's extension in the source tar, e.g. "jpg"
+    companions: dict[str, bytes] = field(default_factory=dict)  # extension -> raw member bytes
+    width: int | None = None
+    height: int | None = None
+    decoded_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def caption(self) -> str | None:
+        """The `.txt` companion as text, or None when the sample has none."""
+        raw = self.companions.get("txt")
+        return None if raw is None else raw.decode("utf-8", errors="replace")
+
+    @property
+    def pixels_unchanged(self) -> bool:
+        """True when image_bytes still describe the image: no stage replaced image_data."""
+        if self.image_bytes is None:
+            return False
+        return self.image_data is None or self.image_data is self.decoded_pixels
+
+    def metadata_json(self) -> str:
+        """metadata as JSON text (numpy values converted); what the parquet `metadata` column holds."""
+        return json.dumps(self.metadata, sort_keys=True, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+@dataclass
+class ImageBatch(Task):
+    """A batch of ImageObjects."""
+
+    data: list[ImageObject] = field(default_factory=list)
+
+    def validate(self) -> bool:
+        """Check ids are non-empty and unique and every image_data is HxWx3 uint8."""
+        seen: set[str] = set()
+        for obj in self.data:
+            if not obj.image_id or obj.image_id in seen:
+                return False
+            seen.add(obj.image_id)
+            pixels = obj.image_data
+            if pixels is not None and (
+                not isinstance(pixels, np.ndarray)
+                or pixels.dtype != np.uint8
+                or pixels.ndim != 3
+                or pixels.shape[2] != 3
+            ):
+                return False
+        return True
+
+
+@dataclass
+class DocumentBatch(Task):
+    """A pandas DataFrame of rows, one per document."""
+
+    data: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.data)

@@ -1,0 +1,132 @@
+"""WebDataset tar shards: splitting member names into samples, streaming samples out of a tar, and
+writing tars that every WebDataset reader (the webdataset library, DALI, Hugging Face) reads back.
+
+The WebDataset key of a member is its path up to the first `.` of its basename; what follows is the
+extension. Members of one sample are adjacent in the tar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_MEMBER_NAME_BYTES",
+    "RawSample",
+    "TarShardWriter",
+    "iter_samples",
+    "safe_key",
+    "split_member_name",
+]
+
+# Image extensions in order of preference when a sample holds several; matched case-insensitively.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+
+# USTAR keeps a 100-byte name field; longer names need PAX or GNU records, which DALI misreads.
+MAX_MEMBER_NAME_BYTES = 100
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_/-]+$")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_/-]")
+_SAFE_EXTENSION = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """Split a tar member name into (key, extension): `dir/a.b.jpg` -> (`dir/a`, `b.jpg`)."""
+    directory, _, basename = name.rpartition("/")
+    stem, dot, extension = basename.partition(".")
+    key = f"{directory}/{stem}" if directory else stem
+    return key, extension if dot else ""
+
+
+@dataclass
+class RawSample:
+    """The members of one WebDataset sample, as raw bytes keyed by extension."""
+
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)
+    member_names: dict[str, str] = field(default_factory=dict)  # extension -> full member name
+
+    def image_extension(self) -> str | None:
+        """The extension of the member holding the image, or None when the sample has none."""
+        by_lower = {ext.lower(): ext for ext in self.members}
+        for candidate in IMAGE_EXTENSIONS:
+            if candidate in by_lower:
+                return by_lower[candidate]
+        return None
+
+
+def iter_samples(fileobj: BinaryIO) -> Iterator[RawSample]:
+    """Stream the samples of a tar read from `fileobj`, one at a time, in tar order.
+
+    Only regular files are read; directories, links and devices carry no sample data and are
+    skipped. Memory holds one sample's members at a time.
+    """
+    current: RawSample | None = None
+    with tarfile.open(fileobj=fileobj, mode="r|*") as archive:
+        for info in archive:
+            if not info.isreg():
+                continue
+            key, extension = split_member_name(info.name)
+            if current is not None and (key != current.key or extension in current.members):
+                yield current
+                current = None
+            if current is None:
+                current = RawSample(key=key)
+            extracted = archive.extractfile(info)
+            current.members[extension] = extracted.read() if extracted is not None else b""
+            current.member_names[extension] = info.name
+    if current is not None:
+        yield current
+
+
+def safe_key(key: str) -> str:
+    """A key every WebDataset reader parses back unchanged.
+
+    Keys of `[A-Za-z0-9_/-]` short enough for a USTAR name are kept as they are; anything else is
+    mapped to its safe characters plus a short hash of the original, so distinct keys stay distinct.
+    """
+    if _SAFE_KEY.match(key) and len(key.encode()) <= MAX_MEMBER_NAME_BYTES - 16:
+        return key
+    digest = hashlib.sha1(key.encode("utf-8", errors="surrogateescape")).hexdigest()[:12]
+    cleaned = _UNSAFE_CHARS.sub("_", key).strip("/")[:48]
+    return f"{cleaned}_{digest}" if cleaned else digest
+
+
+class TarShardWriter:
+    """Write WebDataset samples into a deterministic USTAR tar.
+
+    Every header has mtime 0, uid/gid 0, empty owner names and mode 0644, so the same samples give a
+    byte-identical tar. Members of a sample are written in the order given, adjacent.
+    """
+
+    def __init__(self, fileobj: BinaryIO):
+        self._archive = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.num_samples = 0
+
+    def write_sample(self, key: str, members: list[tuple[str, bytes]]) -> list[str]:
+        """Write one sample; `members` is [(extension, bytes)]. Returns the member names written."""
+        names = []
+        for extension, payload in members:
+            if not _SAFE_EXTENSION.match(extension):
+                raise ValueError(f"extension {extension!r} of sample {key!r} is not a safe member suffix")
+            name = f"{key}.{extension}"
+            if len(name.encode()) > MAX_MEMBER_NAME_BYTES:
+                raise ValueError(f"member name {name!r} is over {MAX_MEMBER_NAME_BYTES} bytes; map the key first")
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._archive.addfile(info, io.BytesIO(payload))
+            names.append(name)
+        self.num_samples += 1
+        return names
+
+    def close(self) -> None:
+        self._archive.close()
