@@ -181,14 +181,9 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
 
 
 def _stats_from_metrics(result, total_shards: int, seconds: float) -> RunStats:
-    from apache_beam.metrics.metric import MetricsFilter
+    from beam_curator.transforms.metrics import query_counters
 
-    from beam_curator.transforms.metrics import NAMESPACE
-
-    values: dict[str, int] = {}
-    for metric in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-        value = metric.committed if metric.committed is not None else metric.attempted
-        values[metric.key.metric.name] = values.get(metric.key.metric.name, 0) + int(value or 0)
+    values = query_counters(result)
     samples = values.get("samples_read", 0)
     without_image = values.get("samples_without_image", 0)
     written = values.get("images_committed", 0)

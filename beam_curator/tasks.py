@@ -90,6 +90,12 @@ class ImageObject:
     height: int | None = None
     decoded_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled arrays come back writeable; keep the decoded pixels protected across fusion breaks.
+        self.__dict__.update(state)
+        if self.decoded_pixels is not None:
+            self.decoded_pixels.flags.writeable = False
+
     @property
     def caption(self) -> str | None:
         """The `.txt` companion as text, or None when the sample has none."""

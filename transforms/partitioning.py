@@ -36,7 +36,7 @@ def list_input_files(file_paths: str | Sequence[str], file_extensions: Sequence[
         if storage.has_glob(pattern) or _has_extension(pattern, file_extensions):
             matches = storage.match_files(pattern)
         else:  # a directory
-            matches = storage.match_files(storage.join(pattern, "*"))
+            matches = storage.match_files(storage.join(pattern, "**"))  # recursive
         matches = [path for path in matches if _has_extension(path, file_extensions)]
         if not matches:
             raise FileNotFoundError(

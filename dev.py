@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Set up and run beam_curator on a fresh machine that has only python3.
+
+    python3 dev.py demo    # set up, make the sample dataset, curate it, check the counts reconcile
+    python3 dev.py test    # set up, run the test suite (extra arguments go to pytest)
+    python3 dev.py setup   # only create .venv and install the package with its test extras
+
+Everything is installed into .venv from setup.py; it is reinstalled when setup.py changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VENV = os.path.join(ROOT, ".venv")
+BIN = os.path.join(VENV, "Scripts" if os.name == "nt" else "bin")
+PYTHON = os.path.join(BIN, "python")
+STAMP = os.path.join(VENV, ".beam_curator-installed")
+
+
+def _run(*command: str) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def setup() -> None:
+    with open(os.path.join(ROOT, "setup.py"), "rb") as handle:
+        wanted = hashlib.sha256(handle.read()).hexdigest()
+    if os.path.exists(STAMP) and open(STAMP).read() == wanted:
+        return
+    if not os.path.exists(PYTHON):
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[test]")
+    with open(STAMP, "w") as handle:
+        handle.write(wanted)
+
+
+def demo() -> None:
+    setup()
+    data = os.path.join(ROOT, "demo")
+    shutil.rmtree(data, ignore_errors=True)
+    cli = [PYTHON, "-m", "beam_curator"]
+    _run(*cli, "make-sample", os.path.join(data, "input"))
+    _run(*cli, "curate", os.path.join(data, "input"), "--output", os.path.join(data, "output"))
+    with open(os.path.join(data, "output", "_stats.json")) as handle:
+        stats = json.load(handle)
+    if stats["images_read"] != stats["images_written"] or stats["images_written"] == 0:
+        sys.exit(f"demo: counts do not reconcile: read {stats['images_read']}, written {stats['images_written']}")
+    print(f"demo: read {stats['images_read']} = written {stats['images_written']}; output in {data}/output")
+
+
+def test(pytest_args: list[str]) -> None:
+    setup()
+    _run(PYTHON, "-m", "pytest", *(pytest_args or ["-q", "tests"]))
+
+
+def main() -> None:
+    command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if command == "setup":
+        setup()
+    elif command == "demo":
+        demo()
+    elif command == "test":
+        test(rest)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except subprocess.CalledProcessError as error:
+        sys.exit(error.returncode)

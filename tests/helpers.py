@@ -1,0 +1,122 @@
+"""Helpers: tiny WebDataset shards built with Python's tarfile, and pipeline runners."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import pickle
+import tarfile
+import uuid
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.options.pipeline_options import PipelineOptions
+from PIL import Image
+
+FNAPI = ["--runner=FnApiRunner"]
+
+
+def make_image(seed: int, width: int = 96, height: int = 64) -> np.ndarray:
+    """A smooth gradient with noise: compresses like a photo, different for every seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = rng.uniform(0, 255, 3)
+    slope = rng.uniform(-1.5, 1.5, (2, 3))
+    image = base + xx[..., None] * slope[0] + yy[..., None] * slope[1] + rng.normal(0, 6, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def encode(pixels: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@dataclass
+class Sample:
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)  # extension -> bytes, in tar order
+
+    @property
+    def caption(self) -> str | None:
+        raw = self.members.get("txt")
+        return None if raw is None else raw.decode()
+
+
+def write_tar(path: str, samples: list[Sample]) -> str:
+    """A plain tar written with Python's tarfile (not beam_curator's writer)."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for sample in samples:
+            for extension, payload in sample.members.items():
+                info = tarfile.TarInfo(f"{sample.key}.{extension}")
+                info.size = len(payload)
+                archive.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def make_samples(shard: int, count: int, *, with_json: bool = True, fmt: str = "JPEG") -> list[Sample]:
+    samples = []
+    for index in range(count):
+        seed = shard * 1000 + index
+        extension = {"JPEG": "jpg", "PNG": "png"}[fmt]
+        members = {extension: encode(make_image(seed, 64 + index % 5 * 8, 48 + index % 3 * 8), fmt)}
+        members["txt"] = f"caption of shard {shard} image {index} — ünïcode".encode()
+        if with_json:
+            members["json"] = json.dumps({"shard": shard, "index": index}).encode()
+        members["cls"] = str(index % 4).encode()
+        samples.append(Sample(key=f"s{shard:02d}_{index:04d}", members=members))
+    return samples
+
+
+@dataclass
+class Dataset:
+    directory: str
+    shards: dict[str, list[Sample]]  # path -> samples
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [sample for samples in self.shards.values() for sample in samples]
+
+
+def build_dataset(directory, shards: int = 2, per_shard: int = 12, **options) -> Dataset:
+    os.makedirs(directory)
+    written = {}
+    for shard in range(shards):
+        samples = make_samples(shard, per_shard, **options)
+        written[write_tar(os.path.join(directory, f"shard-{shard:05d}.tar"), samples)] = samples
+    return Dataset(str(directory), written)
+
+
+def run_pipeline(build, extra_options: list[str] | None = None):
+    """Build with build(pipeline) and run to completion on the FnApiRunner (unless options say else)."""
+    pipeline = beam.Pipeline(options=PipelineOptions([*FNAPI, *(extra_options or [])]))
+    build(pipeline)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+class _Dump(beam.DoFn):
+    def __init__(self, directory: str):
+        self._directory = directory
+
+    def process(self, element):
+        with open(os.path.join(self._directory, f"{uuid.uuid4().hex}.pkl"), "wb") as handle:
+            pickle.dump(element, handle)
+
+
+def collect_to(pcoll, directory: str, label: str = "Collect"):
+    """Write every element of pcoll to directory (works across worker processes); read with read_collected."""
+    os.makedirs(directory, exist_ok=True)
+    return pcoll | label >> beam.ParDo(_Dump(directory))
+
+
+def read_collected(directory: str) -> list:
+    elements = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.pkl"))):
+        with open(path, "rb") as handle:
+            elements.append(pickle.load(handle))
+    return elements

@@ -1,0 +1,78 @@
+import io
+import tarfile
+
+import pytest
+
+from beam_curator.webdataset import TarShardWriter, iter_samples, safe_key, split_member_name
+
+from tests.helpers import Sample, write_tar
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("a.jpg", ("a", "jpg")),
+        ("a.b.jpg", ("a", "b.jpg")),
+        ("dir/x.y/a.txt", ("dir/x.y/a", "txt")),
+        ("noext", ("noext", "")),
+    ],
+)
+def test_split_member_name(name, expected):
+    assert split_member_name(name) == expected
+
+
+def test_iter_samples_groups_adjacent_members(tmp_path):
+    path = write_tar(
+        str(tmp_path / "s.tar"),
+        [Sample("a", {"jpg": b"1", "txt": b"cap"}), Sample("b", {"png": b"2"}), Sample("a", {"jpg": b"3"})],
+    )
+    with open(path, "rb") as handle:
+        samples = list(iter_samples(handle))
+    assert [(s.key, s.members) for s in samples] == [
+        ("a", {"jpg": b"1", "txt": b"cap"}),
+        ("b", {"png": b"2"}),
+        ("a", {"jpg": b"3"}),
+    ]
+    assert samples[0].member_names == {"jpg": "a.jpg", "txt": "a.txt"}
+
+
+def test_image_extension_is_case_insensitive_and_prefers_jpeg():
+    from beam_curator.webdataset import RawSample
+
+    assert RawSample("k", {"txt": b"", "JPG": b""}).image_extension() == "JPG"
+    assert RawSample("k", {"png": b"", "jpeg": b""}).image_extension() == "jpeg"
+    assert RawSample("k", {"txt": b""}).image_extension() is None
+
+
+def test_safe_key_keeps_safe_keys_and_maps_others_uniquely():
+    assert safe_key("dir/abc_1-2") == "dir/abc_1-2"
+    mapped = {safe_key(k) for k in ["a b", "a.b", "a_b", "x" * 200]}
+    assert len(mapped) == 4
+    for key in mapped:
+        assert all(c.isalnum() or c in "_/-" for c in key) and len(key) <= 84
+
+
+def test_tar_writer_is_deterministic_ustar(tmp_path):
+    def build():
+        buffer = io.BytesIO()
+        writer = TarShardWriter(buffer)
+        writer.write_sample("k1", [("jpg", b"abc"), ("txt", b"caption")])
+        writer.write_sample("k2", [("png", b"")])
+        writer.close()
+        return buffer.getvalue()
+
+    first, second = build(), build()
+    assert first == second
+    with tarfile.open(fileobj=io.BytesIO(first)) as archive:
+        members = archive.getmembers()
+    assert [m.name for m in members] == ["k1.jpg", "k1.txt", "k2.png"]
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.mode == 0o644 for m in members)
+    assert first[257:262] == b"ustar"
+
+
+def test_tar_writer_rejects_long_names_and_bad_extensions():
+    writer = TarShardWriter(io.BytesIO())
+    with pytest.raises(ValueError, match="over 100 bytes"):
+        writer.write_sample("k" * 100, [("jpg", b"")])
+    with pytest.raises(ValueError, match="not a safe member suffix"):
+        writer.write_sample("k", [("j/pg", b"")])
