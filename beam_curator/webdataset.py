@@ -52,11 +52,17 @@ class RawSample:
     member_names: dict[str, str] = field(default_factory=dict)  # extension -> full member name
 
     def image_extension(self) -> str | None:
-        """The extension of the member holding the image, or None when the sample has none."""
-        by_lower = {ext.lower(): ext for ext in self.members}
+        """The extension of the member holding the image, or None when the sample has none.
+
+        Matched on the last part of the extension, case-insensitively (`JPG`, `v2.jpeg`), in
+        IMAGE_EXTENSIONS order; exact extensions win over multi-part ones.
+        """
+        by_last_part: dict[str, list[str]] = {}
+        for extension in self.members:
+            by_last_part.setdefault(extension.rpartition(".")[2].lower(), []).append(extension)
         for candidate in IMAGE_EXTENSIONS:
-            if candidate in by_lower:
-                return by_lower[candidate]
+            if candidate in by_last_part:
+                return min(by_last_part[candidate], key=lambda extension: ("." in extension, extension))
         return None
 
 

@@ -120,3 +120,23 @@ def read_collected(directory: str) -> list:
         with open(path, "rb") as handle:
             elements.append(pickle.load(handle))
     return elements
+
+
+def curate(input_dir: str, output_dir: str, *, reader=None, writer=None, stage=None, extra_options=None,
+           files_per_partition: int = 1, collect_dir: str | None = None):
+    """Partition -> read -> (stage) -> write; returns the pipeline result. Collects FileGroupTasks to collect_dir."""
+    from beam_curator.transforms import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+
+    def build(pipeline):
+        batches = (
+            pipeline
+            | FilePartitioningStage(input_dir, files_per_partition=files_per_partition)
+            | ImageReaderStage(**(reader or {}))
+        )
+        if stage is not None:
+            batches = batches | stage
+        files = batches | ImageWriterStage(output_dir, **(writer or {}))
+        if collect_dir:
+            collect_to(files, collect_dir)
+
+    return run_pipeline(build, extra_options)

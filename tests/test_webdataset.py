@@ -42,6 +42,8 @@ def test_image_extension_is_case_insensitive_and_prefers_jpeg():
     assert RawSample("k", {"txt": b"", "JPG": b""}).image_extension() == "JPG"
     assert RawSample("k", {"png": b"", "jpeg": b""}).image_extension() == "jpeg"
     assert RawSample("k", {"txt": b""}).image_extension() is None
+    assert RawSample("k", {"txt": b"", "v2.JPEG": b""}).image_extension() == "v2.JPEG"
+    assert RawSample("k", {"v2.jpg": b"", "jpg": b""}).image_extension() == "jpg"
 
 
 def test_safe_key_keeps_safe_keys_and_maps_others_uniquely():
