@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["RunStats", "build_parser", "main"]
+__all__ = ["RunStats", "build_parser", "build_stages", "curate", "main"]
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
@@ -103,7 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"wrote {len(paths)} shard(s) of {args.images_per_shard} images to {args.directory}")
         return 0
-    stats = curate(args, beam_args)
+    try:
+        stats = curate(args, beam_args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"beam-curator: error: {error}", file=sys.stderr)
+        return 2
     print(stats.summary())
     return 0
 
@@ -117,26 +121,15 @@ def _runner_name(beam_args: list[str]) -> str | None:
     return None
 
 
-def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from beam_curator import storage
+def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
+    """The (FilePartitioningStage, ImageReaderStage, ImageWriterStage) that `curate` args describe."""
     from beam_curator.transforms import FilePartitioningStage, ImageReaderStage, ImageWriterStage
-
-    runner = _runner_name(beam_args)
-    if runner is None:
-        beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
-        runner = DEFAULT_RUNNER
-    show_progress = args.progress if args.progress is not None else runner.split(".")[-1] in _LOCAL_RUNNERS
-    progress_dir = tempfile.mkdtemp(prefix="beam_curator-progress-") if show_progress else None
 
     partitioning = FilePartitioningStage(
         args.inputs,
         files_per_partition=args.files_per_partition,
         file_extensions=[ext.strip() for ext in args.file_extensions.split(",") if ext.strip()],
     )
-    total_shards = sum(len(task.data) for task in partitioning.partitions())
     reader = ImageReaderStage(
         dali_batch_size=args.dali_batch_size,
         verbose=args.reader_verbose,
@@ -154,6 +147,24 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
         force_reencode=args.force_reencode,
         overwrite=args.overwrite,
     )
+    return partitioning, reader, writer
+
+
+def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_curator import storage
+
+    runner = _runner_name(beam_args)
+    if runner is None:
+        beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
+        runner = DEFAULT_RUNNER
+    show_progress = args.progress if args.progress is not None else runner.split(".")[-1] in _LOCAL_RUNNERS
+    progress_dir = tempfile.mkdtemp(prefix="beam_curator-progress-") if show_progress else None
+
+    partitioning, reader, writer = build_stages(args, progress_dir=progress_dir)
+    total_shards = sum(len(task.data) for task in partitioning.partitions())
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     _ = (
         pipeline

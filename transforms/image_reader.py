@@ -16,7 +16,7 @@ from beam_curator import storage
 from beam_curator.decoding import DaliImageDecoder, ImageDecodeError, cuda_device_count
 from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
 from beam_curator.webdataset import RawSample, iter_samples
-from .metrics import counter, string_set
+from .metrics import counter
 
 __all__ = ["ImageReaderStage"]
 
@@ -62,7 +62,6 @@ class _ReadImagesFn(beam.DoFn):
         if self._built_here and not self._reported_build:
             # Counted here, not in setup(): counters from setup() are dropped by the FnApiRunner.
             counter("dali_pipelines_built").inc()
-            string_set("dali_pipelines").add(self._handle.label)
             self._reported_build = True
         sources = task._metadata.get("source_files", task.data)
         source_ids = task._metadata.get("source_ids", sources)
@@ -141,7 +140,8 @@ class _ReadImagesFn(beam.DoFn):
             task_id=f"{task.task_id}_{index:06d}",
             dataset_name=task.dataset_name,
             data=decoded,
-            _metadata={**task._metadata, "batch_index": index, "last_batch": last},
+            # dali_pipeline names the decoder ("{host}:{pid}:{id}"), to see which process decoded what.
+            _metadata={**task._metadata, "batch_index": index, "last_batch": last, "dali_pipeline": self._handle.label},
             _stage_perf=list(task._stage_perf),
         )
         batch.add_stage_perf(self._stage_name, time.perf_counter() - started, len(decoded))

@@ -1,0 +1,88 @@
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from beam_curator import cli
+
+
+def test_make_sample_then_curate_reconciles(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "PROGRESS_EVERY_S", 0.05)
+    source, out = str(tmp_path / "sample"), str(tmp_path / "out")
+    assert cli.main(["make-sample", source, "--shards", "2", "--images-per-shard", "6"]) == 0
+    assert sorted(os.listdir(source)) == ["sample-000000.tar", "sample-000001.tar"]
+    assert cli.main(["curate", source, "--output", out, "--images-per-tar", "4", "--dali-batch-size", "3"]) == 0
+    captured = capsys.readouterr()
+    summary = captured.out.strip().splitlines()[-1]
+    assert "shards: 2/2" in summary and "images read: 12" in summary and "written: 12" in summary
+    assert "progress: " in captured.err and " shards, " in captured.err
+    stats = json.load(open(f"{out}/_stats.json"))
+    assert stats["images_read"] == stats["images_decoded"] == stats["images_written"] == 12
+    assert stats["shards"] == stats["shards_read"] == 2 and stats["tars_written"] == 4  # 4 + 2 per shard
+    assert stats["seconds"] > 0 and stats["images_per_second"] > 0
+    rows = pq.read_table(sorted(glob.glob(f"{out}/*.parquet"))).to_pylist()
+    assert all(row["caption"].startswith("a landscape with") for row in rows)
+
+
+def test_every_stage_parameter_is_exposed(tmp_path):
+    args, beam_args = cli.build_parser().parse_known_args([
+        "curate", "in1", "in2", "--output", "o", "--files-per-partition", "3", "--file-extensions", ".tar, .tgz",
+        "--dali-batch-size", "7", "--num-threads", "2", "--num-gpus-per-worker", "0", "--no-reader-verbose",
+        "--images-per-tar", "9", "--writer-verbose", "--no-deterministic-name", "--remove-image-data",
+        "--jpeg-quality", "80", "--force-reencode", "--overwrite", "--runner=FnApiRunner", "--direct_num_workers=2",
+    ])
+    assert beam_args == ["--runner=FnApiRunner", "--direct_num_workers=2"]
+    partitioning, reader, writer = cli.build_stages(args)
+    assert (partitioning.file_paths, partitioning.files_per_partition, partitioning.file_extensions) == (
+        ["in1", "in2"], 3, [".tar", ".tgz"])
+    assert (reader.dali_batch_size, reader.num_threads, reader.num_gpus_per_worker, reader.verbose) == (7, 2, 0.0, False)
+    assert (writer.output_dir, writer.images_per_tar, writer.verbose, writer.deterministic_name,
+            writer.remove_image_data, writer.jpeg_quality, writer.force_reencode, writer.overwrite) == (
+        "o", 9, True, False, True, 80, True, True)
+
+
+def test_defaults_match_nemo_curator():
+    args, _ = cli.build_parser().parse_known_args(["curate", "in", "--output", "o"])
+    _, reader, writer = cli.build_stages(args)
+    assert (reader.dali_batch_size, reader.verbose, reader.num_threads, reader.num_gpus_per_worker) == (100, True, 8, 0.25)
+    assert (writer.images_per_tar, writer.verbose, writer.deterministic_name, writer.remove_image_data) == (
+        1000, False, True, False)
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["curate", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert "no input file matches" in capsys.readouterr().err
+    assert cli.main(["curate", str(tmp_path), "--output", "o", "--images-per-tar", "0"]) == 2
+
+
+def test_python_dash_m_and_console_script(tmp_path):
+    source, out = str(tmp_path / "s"), str(tmp_path / "o")
+    bindir = os.path.dirname(sys.executable)
+    subprocess.run([os.path.join(bindir, "beam-curator"), "make-sample", source, "--shards", "1",
+                    "--images-per-shard", "3"], check=True)
+    done = subprocess.run([sys.executable, "-m", "beam_curator", "curate", source, "--output", out,
+                           "--num-gpus-per-worker", "0"], check=True, capture_output=True, text=True)
+    assert "written: 3" in done.stdout
+    assert json.load(open(f"{out}/_stats.json"))["images_written"] == 3
+
+
+def test_progress_reporter_sums_worker_files(tmp_path):
+    from beam_curator.transforms.image_reader import _ProgressFile
+
+    first, second = _ProgressFile(str(tmp_path)), _ProgressFile(str(tmp_path))
+    first.add_images(5)
+    first.add_shard()
+    second.add_images(2)
+    second.flush()
+    reporter = cli._ProgressReporter(str(tmp_path), 4, 0.0)
+    assert reporter.read() == (1, 7)
+
+
+@pytest.mark.parametrize("argv", [["curate", "x"], ["make-sample"]])
+def test_missing_arguments_exit_with_usage(argv):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
