@@ -84,6 +84,7 @@ class _WriteShardsFn(beam.DoFn):
         self._jpeg_quality = stage.jpeg_quality
         self._force_reencode = stage.force_reencode
         self._verbose = stage.verbose
+        self._emit_written = stage._with_written
         self._temp_dir = temp_dir
 
     def start_bundle(self):
@@ -91,7 +92,7 @@ class _WriteShardsFn(beam.DoFn):
         self._partitions: dict[int, _PartitionState] = {}
 
     def process(self, batch: ImageBatch) -> Iterator:
-        # ImageBatch -> _WrittenShard for each full tar (+ the batch itself, tagged 'written')
+        # ImageBatch -> _WrittenShard for each closed tar (+ the batch itself, tagged 'written', if asked)
         started = time.perf_counter()
         partition = int(batch._metadata.get("partition_index", 0))
         batch_index = int(batch._metadata.get("batch_index", 0))
@@ -125,7 +126,8 @@ class _WriteShardsFn(beam.DoFn):
             state.last_batch_index = float("inf")  # the partition is complete in this bundle
         counter("images_written").inc(len(batch.data))
         batch.add_stage_perf(self._stage_name, time.perf_counter() - started, len(batch.data))
-        yield beam.pvalue.TaggedOutput(WRITTEN_BATCHES_TAG, batch)
+        if self._emit_written:
+            yield beam.pvalue.TaggedOutput(WRITTEN_BATCHES_TAG, batch)
 
     def finish_bundle(self):
         # Partitions whose last batch a stage dropped: close what they have.
