@@ -13,6 +13,7 @@ how Beam runs chained ParDos; it checks that each partition's batches arrive in 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import time
@@ -116,8 +117,6 @@ class _WriteShardsFn(beam.DoFn):
             if state.shard is None:
                 state.shard = self._open_shard(state)
             self._write_image(state.shard, obj)
-            if self._remove_image_data:
-                obj.image_data = obj.decoded_pixels = None
             if len(state.shard.rows) == self._images_per_tar:
                 yield self._close_shard(state)
         if batch._metadata.get("last_batch", False):
@@ -125,9 +124,17 @@ class _WriteShardsFn(beam.DoFn):
                 yield self._close_shard(state)
             state.last_batch_index = float("inf")  # the partition is complete in this bundle
         counter("images_written").inc(len(batch.data))
-        batch.add_stage_perf(self._stage_name, time.perf_counter() - started, len(batch.data))
         if self._emit_written:
-            yield beam.pvalue.TaggedOutput(WRITTEN_BATCHES_TAG, batch)
+            yield beam.pvalue.TaggedOutput(WRITTEN_BATCHES_TAG, self._written_copy(batch, started))
+
+    def _written_copy(self, batch: ImageBatch, started: float) -> ImageBatch:
+        """The batch as written, as a new element (Beam inputs must not be modified)."""
+        objects = batch.data
+        if self._remove_image_data:
+            objects = [dataclasses.replace(obj, image_data=None, decoded_pixels=None) for obj in objects]
+        written = dataclasses.replace(batch, data=objects, _stage_perf=list(batch._stage_perf))
+        written.add_stage_perf(self._stage_name, time.perf_counter() - started, len(objects))
+        return written
 
     def finish_bundle(self):
         # Partitions whose last batch a stage dropped: close what they have.
@@ -253,8 +260,8 @@ class ImageWriterStage(beam.PTransform):
       verbose: log each tar written at INFO (else at DEBUG).
       deterministic_name: `{hash}` digests the partition's source files and the writer options, so
         the same input and options give the same names; False gives fresh random names per run.
-      remove_image_data: drop the decoded pixels of each image once it is written; the batches on
-        the `written` output (see with_written_batches) then carry no image_data.
+      remove_image_data: the batches on the `written` output (see with_written_batches) carry no
+        image_data (the original bytes stay), so stages after the writer do not hold the pixels.
       jpeg_quality: quality of images re-encoded because a stage changed their pixels.
       force_reencode: re-encode every image from its pixels, even those no stage changed.
       overwrite: replace the shards of an earlier run in output_dir instead of stopping.
