@@ -211,3 +211,25 @@ def test_same_key_from_two_shards_of_one_partition_gets_a_unique_member(tmp_path
 def test_writer_options_are_validated(options, message):
     with pytest.raises(ValueError, match=message):
         ImageWriterStage(**options)
+
+
+def test_jpeg_quality_sets_the_quality_of_reencoded_images(tmp_path, make_dataset):
+    dataset = make_dataset(shards=1, per_shard=3)
+    sizes = {}
+    for quality in (30, 95):
+        out = str(tmp_path / f"q{quality}")
+        curate(dataset.directory, out, writer={"force_reencode": True, "jpeg_quality": quality})
+        (tar,) = glob.glob(f"{out}/*.tar")
+        sizes[quality] = sum(len(data) for name, data in _tar_members(tar) if name.endswith(".jpg"))
+    assert sizes[30] < sizes[95] * 0.6
+
+
+def test_verbose_logs_each_tar(tmp_path, make_dataset, caplog):
+    import logging
+
+    dataset = make_dataset(shards=1, per_shard=3)
+    for verbose, expected in [(True, 2), (False, 0)]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="beam_curator"):
+            curate(dataset.directory, str(tmp_path / f"v{verbose}"), writer={"verbose": verbose, "images_per_tar": 2})
+        assert sum("wrote" in r.getMessage() and "image(s) to" in r.getMessage() for r in caplog.records) == expected
