@@ -19,7 +19,14 @@ setup(
         "pillow>=10,<13",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "webdataset==1.0.2", "setuptools>=65", "wheel"],
+        "test": [
+            "pytest>=8,<10",
+            "webdataset==1.0.2",
+            "datasets>=4,<6",
+            "duckdb>=1,<3",
+            "setuptools>=65",
+            "wheel",
+        ],
     },
     entry_points={"console_scripts": ["beam-curator=beam_curator.cli:main"]},
 )

@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     writer.add_argument("--jpeg-quality", type=int, default=95, help="quality of re-encoded images")
     writer.add_argument("--force-reencode", action="store_true", help="re-encode every image from its pixels")
     writer.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier run in DIR")
+    writer.add_argument("--write-index", action="store_true", help="write DALI's index (.idx) beside each tar")
     curate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="show progress while running (default: on for local runners)")
 
@@ -146,6 +147,7 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
         jpeg_quality=args.jpeg_quality,
         force_reencode=args.force_reencode,
         overwrite=args.overwrite,
+        write_index=args.write_index,
     )
     return partitioning, reader, writer
 

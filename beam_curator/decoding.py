@@ -7,9 +7,11 @@ Nothing here runs at import time and nothing touches CUDA until a decoder is bui
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +19,13 @@ import numpy as np
 __all__ = ["DaliImageDecoder", "ImageDecodeError", "cuda_device_count", "decode_with_pillow"]
 
 _LOG = logging.getLogger(__name__)
+_LIVE_DECODERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _release_live_decoders() -> None:
+    # DALI pipelines left for interpreter teardown fail in their __del__; release them first.
+    for decoder in list(_LIVE_DECODERS):
+        decoder._pipeline = None
 
 
 class ImageDecodeError(ValueError):
@@ -83,6 +92,9 @@ class DaliImageDecoder:
 
         self._pipeline = _pipeline()
         self._pipeline.build()
+        if not _LIVE_DECODERS:
+            atexit.register(_release_live_decoders)
+        _LIVE_DECODERS.add(self)
         _LOG.info(
             "built DALI %s decoding pipeline (batch_size=%s, num_threads=%s)", self.device, batch_size, num_threads
         )

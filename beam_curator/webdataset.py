@@ -107,16 +107,20 @@ class TarShardWriter:
     """Write WebDataset samples into a deterministic USTAR tar.
 
     Every header has mtime 0, uid/gid 0, empty owner names and mode 0644, so the same samples give a
-    byte-identical tar. Members of a sample are written in the order given, adjacent.
+    byte-identical tar. Members of a sample are written in the order given, adjacent. The writer also
+    keeps DALI's index of the tar (the `wds2idx` v1.2 format), for `index_text()`.
     """
 
     def __init__(self, fileobj: BinaryIO):
         self._archive = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.USTAR_FORMAT)
         self.num_samples = 0
+        self._offset = 0  # where the next member's header starts
+        self._index_lines: list[str] = []
 
     def write_sample(self, key: str, members: list[tuple[str, bytes]]) -> list[str]:
         """Write one sample; `members` is [(extension, bytes)]. Returns the member names written."""
         names = []
+        entries = []
         for extension, payload in members:
             if not _SAFE_EXTENSION.match(extension):
                 raise ValueError(f"extension {extension!r} of sample {key!r} is not a safe member suffix")
@@ -131,8 +135,17 @@ class TarShardWriter:
             info.uname = info.gname = ""
             self._archive.addfile(info, io.BytesIO(payload))
             names.append(name)
+            # One 512-byte USTAR header, then the data padded to 512-byte blocks.
+            entries.append(f"{extension} {self._offset + tarfile.BLOCKSIZE} {len(payload)} {name}")
+            self._offset += tarfile.BLOCKSIZE * (1 + -(-len(payload) // tarfile.BLOCKSIZE))
+        self._index_lines.append(" ".join(entries))
         self.num_samples += 1
         return names
+
+    def index_text(self) -> str:
+        """DALI's index of the samples written so far: `v1.2 N`, then per sample
+        `ext data_offset size member_name` for each member."""
+        return "".join(f"{line}\n" for line in [f"v1.2 {self.num_samples}", *self._index_lines])
 
     def close(self) -> None:
         self._archive.close()

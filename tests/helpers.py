@@ -46,9 +46,9 @@ class Sample:
         return None if raw is None else raw.decode()
 
 
-def write_tar(path: str, samples: list[Sample]) -> str:
+def write_tar(path: str, samples: list[Sample], tar_format: int = tarfile.USTAR_FORMAT) -> str:
     """A plain tar written with Python's tarfile (not beam_curator's writer)."""
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as archive:
+    with tarfile.open(path, "w", format=tar_format) as archive:
         for sample in samples:
             for extension, payload in sample.members.items():
                 info = tarfile.TarInfo(f"{sample.key}.{extension}")

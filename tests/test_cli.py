@@ -33,7 +33,7 @@ def test_every_stage_parameter_is_exposed(tmp_path):
         "curate", "in1", "in2", "--output", "o", "--files-per-partition", "3", "--file-extensions", ".tar, .tgz",
         "--dali-batch-size", "7", "--num-threads", "2", "--num-gpus-per-worker", "0", "--no-reader-verbose",
         "--images-per-tar", "9", "--writer-verbose", "--no-deterministic-name", "--remove-image-data",
-        "--jpeg-quality", "80", "--force-reencode", "--overwrite", "--runner=FnApiRunner", "--direct_num_workers=2",
+        "--jpeg-quality", "80", "--force-reencode", "--overwrite", "--write-index", "--runner=FnApiRunner", "--direct_num_workers=2",
     ])
     assert beam_args == ["--runner=FnApiRunner", "--direct_num_workers=2"]
     partitioning, reader, writer = cli.build_stages(args)
@@ -41,8 +41,8 @@ def test_every_stage_parameter_is_exposed(tmp_path):
         ["in1", "in2"], 3, [".tar", ".tgz"])
     assert (reader.dali_batch_size, reader.num_threads, reader.num_gpus_per_worker, reader.verbose) == (7, 2, 0.0, False)
     assert (writer.output_dir, writer.images_per_tar, writer.verbose, writer.deterministic_name,
-            writer.remove_image_data, writer.jpeg_quality, writer.force_reencode, writer.overwrite) == (
-        "o", 9, True, False, True, 80, True, True)
+            writer.remove_image_data, writer.jpeg_quality, writer.force_reencode, writer.overwrite,
+            writer.write_index) == ("o", 9, True, False, True, 80, True, True, True)
 
 
 def test_defaults_match_nemo_curator():

@@ -1,4 +1,5 @@
 import io
+import os
 import tarfile
 
 import pytest
@@ -78,3 +79,20 @@ def test_tar_writer_rejects_long_names_and_bad_extensions():
         writer.write_sample("k" * 100, [("jpg", b"")])
     with pytest.raises(ValueError, match="not a safe member suffix"):
         writer.write_sample("k", [("j/pg", b"")])
+
+
+def test_index_matches_dalis_wds2idx(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.tar"
+    with open(path, "wb") as handle:
+        writer = TarShardWriter(handle)
+        writer.write_sample("a", [("jpg", b"x" * 700), ("txt", b"")])
+        writer.write_sample("dir/b", [("v2.png", b"y" * 512), ("json", b"{}")])
+        writer.close()
+    tool = shutil.which("wds2idx", path=os.path.dirname(sys.executable))
+    subprocess.run([tool, str(path), str(tmp_path / "dali.idx")], check=True, capture_output=True)
+    assert writer.index_text() == (tmp_path / "dali.idx").read_text()
+    assert writer.index_text().splitlines()[0] == "v1.2 2"

@@ -49,6 +49,7 @@ class _WrittenShard:
     basename: str
     temp_tar: str
     temp_parquet: str
+    temp_index: str | None
     num_images: int
     partition_index: int
     dataset_name: str
@@ -84,6 +85,7 @@ class _WriteShardsFn(beam.DoFn):
         self._remove_image_data = stage.remove_image_data
         self._jpeg_quality = stage.jpeg_quality
         self._force_reencode = stage.force_reencode
+        self._write_index = stage.write_index
         self._verbose = stage.verbose
         self._emit_written = stage._with_written
         self._temp_dir = temp_dir
@@ -186,6 +188,11 @@ class _WriteShardsFn(beam.DoFn):
         shard.writer.close()
         shard.handle.close()
         temp_parquet = storage.join(self._attempt_dir, f"{shard.basename}.parquet")
+        temp_index = None
+        if self._write_index:
+            temp_index = storage.join(self._attempt_dir, f"{shard.basename}.idx")
+            with storage.create(temp_index) as handle:
+                handle.write(shard.writer.index_text().encode())
         buffer = io.BytesIO()
         pq.write_table(rows_to_table(shard.rows), buffer)
         with storage.create(temp_parquet) as handle:
@@ -195,6 +202,7 @@ class _WriteShardsFn(beam.DoFn):
             basename=shard.basename,
             temp_tar=shard.temp_tar,
             temp_parquet=temp_parquet,
+            temp_index=temp_index,
             num_images=len(shard.rows),
             partition_index=state.index,
             dataset_name=state.dataset_name,
@@ -224,15 +232,20 @@ class _FinalizeFn(beam.DoFn):
             shard = by_name[basename]
             final_tar = storage.join(self._output_dir, f"{basename}.tar")
             final_parquet = storage.join(self._output_dir, f"{basename}.parquet")
+            final_index = storage.join(self._output_dir, f"{basename}.idx") if shard.temp_index else None
+            # The parquet goes last: a parquet present means its tar (and index) are complete.
             storage.rename_if_present(shard.temp_tar, final_tar)
+            if final_index:
+                storage.rename_if_present(shard.temp_index, final_index)
             storage.rename_if_present(shard.temp_parquet, final_parquet)
-            final_names.update({final_tar, final_parquet})
+            files = [final_tar, final_parquet] + ([final_index] if final_index else [])
+            final_names.update(files)
             counter("tars_written").inc()
             counter("images_committed").inc(shard.num_images)
             yield FileGroupTask(
                 task_id=basename,
                 dataset_name=shard.dataset_name,
-                data=[final_tar, final_parquet],
+                data=files,
                 _metadata={"num_images": shard.num_images},
             )
         if self._overwrite:
@@ -244,9 +257,9 @@ class _FinalizeFn(beam.DoFn):
 
 
 def existing_shards(output_dir: str) -> list[str]:
-    """The shard files (tar and parquet) of a previous run in output_dir."""
+    """The shard files (tar, parquet, index) of a previous run in output_dir."""
     found = []
-    for extension in ("tar", "parquet"):
+    for extension in ("tar", "parquet", "idx"):
         found += storage.match_files(storage.join(output_dir, f"{SHARD_PREFIX}-*.{extension}"))
     return sorted(found)
 
@@ -265,6 +278,7 @@ class ImageWriterStage(beam.PTransform):
       jpeg_quality: quality of images re-encoded because a stage changed their pixels.
       force_reencode: re-encode every image from its pixels, even those no stage changed.
       overwrite: replace the shards of an earlier run in output_dir instead of stopping.
+      write_index: also write DALI's index (`wds2idx` format) of each tar as `{name}.idx`.
     """
 
     def __init__(
@@ -279,6 +293,7 @@ class ImageWriterStage(beam.PTransform):
         jpeg_quality: int = 95,
         force_reencode: bool = False,
         overwrite: bool = False,
+        write_index: bool = False,
     ):
         super().__init__()
         if not output_dir or not isinstance(output_dir, str):
@@ -296,6 +311,7 @@ class ImageWriterStage(beam.PTransform):
         self.jpeg_quality = jpeg_quality
         self.force_reencode = force_reencode
         self.overwrite = overwrite
+        self.write_index = write_index
         self._with_written = False
 
     def with_written_batches(self) -> ImageWriterStage:
@@ -334,4 +350,5 @@ class ImageWriterStage(beam.PTransform):
             "jpeg_quality": self.jpeg_quality,
             "force_reencode": self.force_reencode,
             "overwrite": self.overwrite,
+            "write_index": self.write_index,
         }
