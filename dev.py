@@ -52,9 +52,9 @@ def demo() -> None:
     _run(*cli, "curate", os.path.join(data, "input"), "--output", os.path.join(data, "output"))
     with open(os.path.join(data, "output", "_stats.json")) as handle:
         stats = json.load(handle)
-    if stats["images_read"] != stats["images_written"] or stats["images_written"] == 0:
-        sys.exit(f"demo: counts do not reconcile: read {stats['images_read']}, written {stats['images_written']}")
-    print(f"demo: read {stats['images_read']} = written {stats['images_written']}; output in {data}/output")
+    if stats["samples_read"] != stats["images_written"] or stats["images_written"] == 0:
+        sys.exit(f"demo: counts do not reconcile: read {stats['samples_read']}, written {stats['images_written']}")
+    print(f"demo: read {stats['samples_read']} = written {stats['images_written']}; output in {data}/output")
 
 
 def test(pytest_args: list[str]) -> None:

@@ -24,26 +24,43 @@ PROGRESS_EVERY_S = 5.0
 
 @dataclass
 class RunStats:
-    """What a curate run did; printed at the end and written to DIR/_stats.json."""
+    """What a curate run did; printed at the end and written to DIR/_stats.json.
+
+    Every sample read ends up written, failed or filtered (dropped by a curation stage):
+    samples_read == images_written + images_failed + images_filtered.
+    """
 
     shards: int
     shards_read: int
+    shards_failed: int  # damaged shards; their samples before the damage are counted as usual
     samples_read: int
-    samples_without_image: int
-    images_read: int
     images_decoded: int
-    images_failed: int
-    images_written: int
+    images_failed: int  # samples with a failure record: not decodable, over a limit, no image, ...
+    images_filtered: int
+    images_written: int  # images in committed tars
+    companions_failed: int  # companions left out (their images are written)
+    members_failed: int  # link and device entries skipped
     tars_written: int
     seconds: float
     images_per_second: float
 
+    @property
+    def reconciles(self) -> bool:
+        return self.samples_read == self.images_written + self.images_failed + self.images_filtered
+
     def summary(self) -> str:
         return (
-            f"shards: {self.shards_read}/{self.shards}  samples: {self.samples_read}  "
-            f"images read: {self.images_read}  decoded: {self.images_decoded}  failed: {self.images_failed}  "
-            f"written: {self.images_written}  tars: {self.tars_written}  "
+            f"shards: {self.shards_read}/{self.shards} ({self.shards_failed} damaged)  "
+            f"images read: {self.samples_read}  decoded: {self.images_decoded}  failed: {self.images_failed}  "
+            f"filtered: {self.images_filtered}  written: {self.images_written}  tars: {self.tars_written}  "
             f"seconds: {self.seconds:.1f}  images/s: {self.images_per_second:.1f}"
+        )
+
+    def reconciliation(self) -> str:
+        verdict = "ok" if self.reconciles else "MISMATCH: samples are unaccounted for"
+        return (
+            f"reconciliation: {self.samples_read} read = {self.images_written} written + {self.images_failed} "
+            f"failed + {self.images_filtered} filtered: {verdict}"
         )
 
 
@@ -110,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"beam-curator: error: {error}", file=sys.stderr)
         return 2
     print(stats.summary())
-    return 0
+    print(stats.reconciliation())
+    return 0 if stats.reconciles else 3
 
 
 def _runner_name(beam_args: list[str]) -> str | None:
@@ -157,6 +175,7 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_curator import storage
+    from beam_curator.transforms import WriteFailures
 
     runner = _runner_name(beam_args)
     if runner is None:
@@ -167,13 +186,13 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
 
     partitioning, reader, writer = build_stages(args, progress_dir=progress_dir)
     total_shards = sum(len(task.data) for task in partitioning.partitions())
+    _prepare_failures_dir(args.output, overwrite=args.overwrite)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    _ = (
-        pipeline
-        | "FilePartitioning" >> partitioning  # FileGroupTask
-        | "ImageReader" >> reader  # ImageBatch, fused with the writer: pixels never cross a shuffle
-        | "ImageWriter" >> writer  # FileGroupTask of each committed tar + parquet pair
-    )
+    # ImageBatch, fused with the writer: pixels never cross a shuffle
+    batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling()
+    # FileGroupTask of each committed tar + parquet pair
+    _, write_failures = batches | "ImageWriter" >> writer.with_exception_handling()
+    (read_failures, write_failures) | "AllFailures" >> beam.Flatten() | "WriteFailures" >> WriteFailures(args.output)
     started = time.monotonic()
     reporter = _ProgressReporter(progress_dir, total_shards, started) if progress_dir else None
     try:
@@ -189,26 +208,42 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
     seconds = time.monotonic() - started
     stats = _stats_from_metrics(result, total_shards, seconds)
     with storage.create(storage.join(args.output, "_stats.json")) as handle:
-        handle.write(json.dumps(asdict(stats), indent=2).encode())
+        handle.write(json.dumps({**asdict(stats), "reconciles": stats.reconciles}, indent=2).encode())
     return stats
+
+
+def _prepare_failures_dir(output: str, *, overwrite: bool) -> None:
+    """Failure files of an earlier run are output too: stop, or with overwrite remove them."""
+    from beam_curator import storage
+    from beam_curator.transforms.failures import FAILURES_DIR
+
+    old = storage.match_files(storage.join(output, FAILURES_DIR, "*.parquet"))
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{output} already holds {len(old)} failure file(s) of an earlier run under {FAILURES_DIR}/; "
+            "choose another output directory or pass --overwrite"
+        )
+    storage.delete_tree(old)
 
 
 def _stats_from_metrics(result, total_shards: int, seconds: float) -> RunStats:
     from beam_curator.transforms.metrics import query_counters
 
     values = query_counters(result)
-    samples = values.get("samples_read", 0)
-    without_image = values.get("samples_without_image", 0)
+    decoded = values.get("images_decoded", 0)
+    write_failed = values.get("images_write_failed", 0)
     written = values.get("images_committed", 0)
     return RunStats(
         shards=total_shards,
         shards_read=values.get("shards_read", 0),
-        samples_read=samples,
-        samples_without_image=without_image,
-        images_read=samples - without_image,
-        images_decoded=values.get("images_decoded", 0),
-        images_failed=values.get("images_failed", 0),
+        shards_failed=values.get("shards_failed", 0),
+        samples_read=values.get("samples_read", 0),
+        images_decoded=decoded,
+        images_failed=values.get("samples_failed", 0) + write_failed,
+        images_filtered=decoded - values.get("images_written", 0) - write_failed,
         images_written=written,
+        companions_failed=values.get("companions_failed", 0),
+        members_failed=values.get("members_failed", 0),
         tars_written=values.get("tars_written", 0),
         seconds=round(seconds, 3),
         images_per_second=round(written / seconds, 2) if seconds > 0 else 0.0,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import atexit
 import io
 import logging
+import re
 import threading
 import weakref
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DaliImageDecoder", "ImageDecodeError", "cuda_device_count", "decode_with_pillow"]
+__all__ = ["DaliImageDecoder", "ImageDecodeError", "cuda_device_count", "decode_with_pillow", "probe_size"]
 
 _LOG = logging.getLogger(__name__)
 _LIVE_DECODERS: weakref.WeakSet = weakref.WeakSet()
@@ -45,15 +46,36 @@ def cuda_device_count() -> int:
 
 
 def decode_with_pillow(data: bytes) -> np.ndarray:
-    """Decode to HxWx3 uint8 RGB with Pillow (first frame of animations)."""
-    from PIL import Image
+    """Decode to HxWx3 uint8 RGB with Pillow: first frame of animations, EXIF orientation applied
+    (as DALI does)."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.seek(0)
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except Exception as exc:
-        raise ImageDecodeError(f"{type(exc).__name__}: {exc}") from exc
+        # Pillow names the BytesIO object by address; keep failure messages reproducible.
+        message = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+        raise ImageDecodeError(f"{type(exc).__name__}: {message}") from exc
+
+
+def probe_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header, without decoding its pixels; None when Pillow does
+    not recognise the format. Pillow's own decompression-bomb refusal is reported as a huge size."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(str(exc)) from exc
+    except Exception:
+        return None
 
 
 class DaliImageDecoder:
@@ -128,11 +150,19 @@ class DaliImageDecoder:
             try:
                 (pixels,) = self._run([data])
             except RuntimeError as dali_error:
-                _LOG.debug("DALI could not decode an image, trying Pillow: %s", str(dali_error).splitlines()[-1:])
+                dali_reason = _dali_reason(dali_error)
+                _LOG.debug("DALI could not decode an image (%s), trying Pillow", dali_reason)
                 try:
                     pixels = decode_with_pillow(data)
                 except ImageDecodeError as pillow_error:
-                    results.append(pillow_error)
+                    results.append(ImageDecodeError(f"DALI: {dali_reason}; Pillow: {pillow_error}"))
                     continue
             results.append(pixels)
         return results
+
+
+def _dali_reason(error: RuntimeError) -> str:
+    """The informative line of a DALI error (they end with boilerplate about the pipeline)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "pipeline" not in line.lower() and not line.startswith(("File ", "C++ context"))]
+    return (useful or lines or [type(error).__name__])[-1][:300]

@@ -19,6 +19,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_MEMBER_NAME_BYTES",
     "RawSample",
+    "SkippedMember",
     "TarShardWriter",
     "iter_samples",
     "safe_key",
@@ -50,6 +51,7 @@ class RawSample:
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
     member_names: dict[str, str] = field(default_factory=dict)  # extension -> full member name
+    oversized: dict[str, int] = field(default_factory=dict)  # extension -> size of a member not read
 
     def image_extension(self) -> str | None:
         """The extension of the member holding the image, or None when the sample has none.
@@ -58,7 +60,7 @@ class RawSample:
         IMAGE_EXTENSIONS order; exact extensions win over multi-part ones.
         """
         by_last_part: dict[str, list[str]] = {}
-        for extension in self.members:
+        for extension in [*self.members, *self.oversized]:
             by_last_part.setdefault(extension.rpartition(".")[2].lower(), []).append(extension)
         for candidate in IMAGE_EXTENSIONS:
             if candidate in by_last_part:
@@ -66,26 +68,46 @@ class RawSample:
         return None
 
 
-def iter_samples(fileobj: BinaryIO) -> Iterator[RawSample]:
-    """Stream the samples of a tar read from `fileobj`, one at a time, in tar order.
+@dataclass(frozen=True)
+class SkippedMember:
+    """A tar entry that is neither a regular file nor a directory (a link, a device, a FIFO)."""
 
-    Only regular files are read; directories, links and devices carry no sample data and are
-    skipped. Memory holds one sample's members at a time.
+    name: str
+    reason: str
+
+
+def iter_samples(fileobj: BinaryIO, *, max_member_bytes: int | None = None) -> Iterator[RawSample | SkippedMember]:
+    """Stream the samples of a tar (plain or compressed) read from `fileobj`, in tar order.
+
+    Only regular files are read: directories are passed over; links, devices and FIFOs are never
+    followed and come out as SkippedMember. A member over `max_member_bytes` is not read; its size is
+    in the sample's `oversized`. Members of one key that are not adjacent come out as separate
+    samples. Memory holds one sample's members at a time. A damaged tar raises tarfile.ReadError (or
+    the decompressor's error) after the samples before the damage.
     """
     current: RawSample | None = None
     with tarfile.open(fileobj=fileobj, mode="r|*") as archive:
         for info in archive:
+            if info.isdir():
+                continue
             if not info.isreg():
+                kind = "symlink" if info.issym() else "hardlink" if info.islnk() else "special file"
+                yield SkippedMember(info.name, f"{kind} entries are never followed")
                 continue
             key, extension = split_member_name(info.name)
-            if current is not None and (key != current.key or extension in current.members):
+            if current is not None and (
+                key != current.key or extension in current.members or extension in current.oversized
+            ):
                 yield current
                 current = None
             if current is None:
                 current = RawSample(key=key)
+            current.member_names[extension] = info.name
+            if max_member_bytes is not None and info.size > max_member_bytes:
+                current.oversized[extension] = info.size  # the stream skips its data unread
+                continue
             extracted = archive.extractfile(info)
             current.members[extension] = extracted.read() if extracted is not None else b""
-            current.member_names[extension] = info.name
     if current is not None:
         yield current
 
@@ -93,13 +115,20 @@ def iter_samples(fileobj: BinaryIO) -> Iterator[RawSample]:
 def safe_key(key: str) -> str:
     """A key every WebDataset reader parses back unchanged.
 
-    Keys of `[A-Za-z0-9_/-]` short enough for a USTAR name are kept as they are; anything else is
-    mapped to its safe characters plus a short hash of the original, so distinct keys stay distinct.
+    Relative keys of `[A-Za-z0-9_/-]` short enough for a USTAR name are kept as they are; anything
+    else (dots, so `..`; spaces; absolute paths; empty path parts; long names) is mapped to its safe
+    characters plus a short hash of the original, so distinct keys stay distinct.
     """
-    if _SAFE_KEY.match(key) and len(key.encode()) <= MAX_MEMBER_NAME_BYTES - 16:
+    if (
+        _SAFE_KEY.match(key)
+        and not key.startswith("/")
+        and not key.endswith("/")
+        and "//" not in key
+        and len(key.encode()) <= MAX_MEMBER_NAME_BYTES - 16
+    ):
         return key
     digest = hashlib.sha1(key.encode("utf-8", errors="surrogateescape")).hexdigest()[:12]
-    cleaned = _UNSAFE_CHARS.sub("_", key).strip("/")[:48]
+    cleaned = re.sub("/+", "/", _UNSAFE_CHARS.sub("_", key)).strip("/")[:48].rstrip("/")
     return f"{cleaned}_{digest}" if cleaned else digest
 
 

@@ -17,11 +17,13 @@ def test_make_sample_then_curate_reconciles(tmp_path, capsys, monkeypatch):
     assert sorted(os.listdir(source)) == ["sample-000000.tar", "sample-000001.tar"]
     assert cli.main(["curate", source, "--output", out, "--images-per-tar", "4", "--dali-batch-size", "3"]) == 0
     captured = capsys.readouterr()
-    summary = captured.out.strip().splitlines()[-1]
-    assert "shards: 2/2" in summary and "images read: 12" in summary and "written: 12" in summary
+    summary, reconciliation = captured.out.strip().splitlines()[-2:]
+    assert "shards: 2/2 (0 damaged)" in summary and "images read: 12" in summary and "written: 12" in summary
+    assert reconciliation == "reconciliation: 12 read = 12 written + 0 failed + 0 filtered: ok"
     assert "progress: " in captured.err and " shards, " in captured.err
     stats = json.load(open(f"{out}/_stats.json"))
-    assert stats["images_read"] == stats["images_decoded"] == stats["images_written"] == 12
+    assert stats["samples_read"] == stats["images_decoded"] == stats["images_written"] == 12
+    assert stats["images_failed"] == stats["images_filtered"] == 0 and stats["reconciles"] is True
     assert stats["shards"] == stats["shards_read"] == 2 and stats["tars_written"] == 4  # 4 + 2 per shard
     assert stats["seconds"] > 0 and stats["images_per_second"] > 0
     rows = pq.read_table(sorted(glob.glob(f"{out}/*.parquet"))).to_pylist()

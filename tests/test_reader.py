@@ -5,7 +5,7 @@ import pytest
 from apache_beam.utils import shared
 
 from beam_curator.decoding import decode_with_pillow
-from beam_curator.tasks import FileGroupTask
+from beam_curator.tasks import FileGroupTask, ImageBatch
 from beam_curator.transforms import FilePartitioningStage, ImageReaderStage
 from beam_curator.transforms.image_reader import _ReadImagesFn
 from beam_curator.transforms.metrics import query_counters
@@ -71,7 +71,7 @@ def test_png_samples_and_samples_without_image(tmp_path):
     (batch,) = batches
     assert [obj.image_id for obj in batch.data] == ["a/one", "a/one~1"]
     np.testing.assert_array_equal(batch.data[0].image_data, make_image(1))
-    assert counts["samples_without_image"] == 1 and counts["samples_read"] == 3
+    assert counts["samples_failed"] == 1 and counts["samples_read"] == 3
 
 
 def _direct_fn(**options):
@@ -85,11 +85,15 @@ def test_batches_stream_out_before_the_partition_is_read(make_dataset):
     dataset = make_dataset(shards=1, per_shard=12)
     (shard,) = dataset.shards
     task = FileGroupTask(task_id="t", dataset_name="d", data=[shard, shard + ".missing"])
-    batches = _direct_fn(dali_batch_size=4).process(task)
-    first = next(batches)  # decoded and emitted while the second file was never opened
+    fn = _direct_fn(dali_batch_size=4)
+    fn._emit_failures = True
+    outputs = fn.process(task)
+    first = next(outputs)  # decoded and emitted while the second file was never opened
     assert first.num_items == 4
-    with pytest.raises(OSError):
-        list(batches)
+    rest = list(outputs)
+    assert [batch.num_items for batch in rest if isinstance(batch, ImageBatch)] == [4, 4, 0]
+    (failure,) = [output.value for output in rest if not isinstance(output, ImageBatch)]
+    assert (failure.source, failure.scope) == (shard + ".missing", "shard")
 
 
 def test_options_reach_the_dali_pipeline(make_dataset):

@@ -5,6 +5,7 @@ from .convert import (
     WriteDocumentBatchesToParquet,
     convert_image_batch,
 )
+from .failures import WriteFailures
 from .image_reader import ImageReaderStage
 from .image_writer import ImageWriterStage
 from .partitioning import FilePartitioningStage
@@ -15,5 +16,6 @@ __all__ = [
     "ImageReaderStage",
     "ImageWriterStage",
     "WriteDocumentBatchesToParquet",
+    "WriteFailures",
     "convert_image_batch",
 ]

@@ -13,15 +13,40 @@ import apache_beam as beam
 from apache_beam.utils import shared
 
 from beam_curator import storage
-from beam_curator.decoding import DaliImageDecoder, ImageDecodeError, cuda_device_count
+from beam_curator.decoding import DaliImageDecoder, ImageDecodeError, cuda_device_count, probe_size
+from beam_curator.failures import FailureRecord
 from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
-from beam_curator.webdataset import RawSample, iter_samples
+from beam_curator.webdataset import RawSample, SkippedMember, iter_samples, split_member_name
 from .metrics import counter
 
-__all__ = ["ImageReaderStage"]
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_MAX_MEMBER_BYTES", "FAILURES_TAG", "ImageReaderStage"]
 
 _LOG = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 2.0
+FAILURES_TAG = "failures"
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
+DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
+
+
+def _check_companions(sample: RawSample, max_member_bytes: int):
+    """(extension, None) for each companion that is fine, (extension, (error_class, message)) otherwise.
+
+    Captions (`txt`) must be UTF-8 and `json` must parse; anything else is carried as bytes, never
+    unpickled or executed.
+    """
+    for extension in sorted(sample.oversized):
+        yield extension, ("MemberTooLarge", f"{sample.oversized[extension]} bytes is over max_member_bytes={max_member_bytes}")
+    for extension, payload in sorted(sample.members.items()):
+        kind = extension.rpartition(".")[2].lower()
+        try:
+            if kind == "txt":
+                payload.decode("utf-8")
+            elif kind == "json":
+                json.loads(payload)
+        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            yield extension, (type(error).__name__, str(error)[:300])
+            continue
+        yield extension, None
 
 
 class _DecoderHandle:
@@ -40,6 +65,9 @@ class _ReadImagesFn(beam.DoFn):
         self._num_gpus = stage.num_gpus_per_worker
         self._verbose = stage.verbose
         self._progress_dir = stage.progress_dir
+        self._max_image_pixels = stage.max_image_pixels
+        self._max_member_bytes = stage.max_member_bytes
+        self._emit_failures = stage._with_failures
         self._shared_handle = shared_handle
         self._built_here = False
         self._reported_build = False
@@ -57,8 +85,9 @@ class _ReadImagesFn(beam.DoFn):
         self._handle = self._shared_handle.acquire(build, tag=tag)
         self._progress = _ProgressFile(self._progress_dir) if self._progress_dir else None
 
-    def process(self, task: FileGroupTask) -> Iterator[ImageBatch]:
-        # FileGroupTask -> ImageBatch, one per at most dali_batch_size decoded images, streamed.
+    def process(self, task: FileGroupTask) -> Iterator:
+        # FileGroupTask -> ImageBatch, one per at most dali_batch_size decoded images, streamed;
+        # FailureRecord (tagged 'failures') for what could not be used.
         if self._built_here and not self._reported_build:
             # Counted here, not in setup(): counters from setup() are dropped by the FnApiRunner.
             counter("dali_pipelines_built").inc()
@@ -66,70 +95,127 @@ class _ReadImagesFn(beam.DoFn):
         sources = task._metadata.get("source_files", task.data)
         source_ids = task._metadata.get("source_ids", sources)
         batch_index = 0
-        pending: list[tuple[ImageObject, bytes]] = []
+        pending: list[ImageObject] = []
         started = time.perf_counter()
-        samples = self._samples(task, sources, source_ids)
-        upcoming = next(samples, None)
+        items = self._images_and_failures(sources, source_ids)
+        upcoming = next(items, None)
         while upcoming is not None:
-            pending.append(upcoming)
-            upcoming = next(samples, None)
+            if isinstance(upcoming, FailureRecord):
+                yield from self._fail(upcoming)
+            else:
+                pending.append(upcoming)
+            upcoming = next(items, None)
             if len(pending) == self._batch_size or upcoming is None:
-                yield self._decode_batch(task, pending, batch_index, last=upcoming is None, started=started)
+                yield from self._emit_batch(task, pending, batch_index, last=upcoming is None, started=started)
                 batch_index += 1
                 pending = []
                 started = time.perf_counter()
         if batch_index == 0:
-            # A partition with no image still tells the writer it is complete.
-            yield self._decode_batch(task, [], 0, last=True, started=started)
+            # A partition with nothing in it still tells the writer it is complete.
+            yield from self._emit_batch(task, [], 0, last=True, started=started)
 
-    def _samples(self, task, sources, source_ids) -> Iterator[tuple[ImageObject, bytes]]:
+    def _emit_batch(self, task, objects, index, *, last, started) -> Iterator:
+        batch, failures = self._decode_batch(task, objects, index, last=last, started=started)
+        for failure in failures:
+            yield from self._fail(failure)
+        yield batch
+
+    def _fail(self, record: FailureRecord) -> Iterator:
+        counter(f"{record.scope}s_failed").inc()
+        _LOG.warning("%s %s %s: %s: %s", record.scope, record.source, record.member, record.error_class, record.message)
+        if self._emit_failures:
+            yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
+
+    def _images_and_failures(self, sources, source_ids) -> Iterator[ImageObject | FailureRecord]:
         log = _LOG.info if self._verbose else _LOG.debug
         for url, source_id in zip(sources, source_ids):
             shard_start = time.perf_counter()
-            count = 0
+            images = samples = 0
             seen_keys: dict[str, int] = {}
-            with storage.open_read(url) as stream:
-                for sample in iter_samples(stream):
-                    counter("samples_read").inc()
-                    obj = self._image_object(task, url, source_id, sample, seen_keys)
-                    if obj is None:
-                        continue
-                    count += 1
-                    if self._progress:
-                        self._progress.add_images(1)
-                    yield obj
+            try:
+                with storage.open_read(url) as stream:
+                    for item in iter_samples(stream, max_member_bytes=self._max_member_bytes):
+                        if isinstance(item, SkippedMember):
+                            yield self._record(url, item.name, split_member_name(item.name)[0], "member",
+                                               "UnsupportedMember", item.reason)
+                            continue
+                        samples += 1
+                        counter("samples_read").inc()
+                        for result in self._sample_to_image(url, source_id, item, seen_keys):
+                            if isinstance(result, ImageObject):
+                                images += 1
+                                if self._progress:
+                                    self._progress.add_images(1)
+                            yield result
+            except Exception as error:  # any damage to the shard: keep what was read before it
+                yield self._record(url, "", "", "shard", type(error).__name__,
+                                   f"{error or 'unreadable'} (after {samples} sample(s) read)")
             counter("shards_read").inc()
             if self._progress:
                 self._progress.add_shard()
-            log("read %d image(s) from %s in %.2fs", count, url, time.perf_counter() - shard_start)
+            log("read %d image(s) from %s in %.2fs", images, url, time.perf_counter() - shard_start)
 
-    def _image_object(self, task, url, source_id, sample: RawSample, seen_keys) -> ImageObject | None:
-        extension = sample.image_extension()
-        if extension is None:
-            counter("samples_without_image").inc()
-            _LOG.warning("sample %r in %s has no image member (members: %s)", sample.key, url, sorted(sample.members))
-            return None
+    def _record(self, url, member, key, scope, error_class, message) -> FailureRecord:
+        return FailureRecord(source=url, member=member, key=key, stage=self._stage_name, scope=scope,
+                             error_class=error_class, message=str(message))
+
+    def _sample_to_image(self, url, source_id, sample: RawSample, seen_keys) -> Iterator[ImageObject | FailureRecord]:
+        """The sample's ImageObject ready to decode, or its failure; plus failures of its companions."""
         occurrence = seen_keys.get(sample.key, 0)
         seen_keys[sample.key] = occurrence + 1
-        image_id = f"{source_id}/{sample.key}" + (f"~{occurrence}" if occurrence else "")
+        extension = sample.image_extension()
+        member = sample.member_names.get(extension, "") if extension else ""
+        if extension is None:
+            listed = sorted(sample.member_names.values())
+            if occurrence:
+                reason = f"members {listed} are not adjacent to the earlier members of key {sample.key!r}"
+                yield self._record(url, listed[0], sample.key, "sample", "NonAdjacentMembers", reason)
+            else:
+                yield self._record(url, listed[0] if listed else "", sample.key, "sample", "NoImageMember",
+                                   f"no image member among {listed}")
+            return
+        if extension in sample.oversized:
+            yield self._record(url, member, sample.key, "sample", "MemberTooLarge",
+                               f"{sample.oversized[extension]} bytes is over max_member_bytes={self._max_member_bytes}")
+            return
         image_bytes = sample.members.pop(extension)
-        return ImageObject(
-            image_path=f"{url}#{sample.member_names[extension]}",
+        if not image_bytes:
+            yield self._record(url, member, sample.key, "sample", "EmptyImage", "the image member is empty")
+            return
+        try:
+            size = probe_size(image_bytes)
+        except ImageDecodeError as error:  # Pillow's own bomb check fired: far over any sane limit
+            yield self._record(url, member, sample.key, "sample", "ImageTooLarge", str(error))
+            return
+        if size is not None and size[0] * size[1] > self._max_image_pixels:
+            yield self._record(url, member, sample.key, "sample", "ImageTooLarge",
+                               f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels is over "
+                               f"max_image_pixels={self._max_image_pixels}")
+            return
+        companions = {}
+        for companion, problem in _check_companions(sample, self._max_member_bytes):
+            if problem is None:
+                companions[companion] = sample.members[companion]
+            else:
+                yield self._record(url, sample.member_names[companion], sample.key, "companion", *problem)
+        image_id = f"{source_id}/{sample.key}" + (f"~{occurrence}" if occurrence else "")
+        yield ImageObject(
+            image_path=f"{url}#{member}",
             image_id=image_id,
             key=sample.key,
             image_bytes=image_bytes,
             image_format=extension,
-            companions=sample.members,
+            companions=companions,
             metadata={},
         )
 
-    def _decode_batch(self, task, objects: list[ImageObject], index: int, *, last: bool, started: float) -> ImageBatch:
+    def _decode_batch(self, task, objects: list[ImageObject], index: int, *, last: bool, started: float):
         results = self._handle.decoder.decode([obj.image_bytes for obj in objects]) if objects else []
-        decoded = []
+        decoded, failures = [], []
         for obj, pixels in zip(objects, results):
             if isinstance(pixels, ImageDecodeError):
-                counter("images_failed").inc()
-                _LOG.warning("could not decode %s: %s", obj.image_path, pixels)
+                source, _, member = obj.image_path.partition("#")
+                failures.append(self._record(source, member, obj.key, "sample", "ImageDecodeError", pixels))
                 continue
             pixels.flags.writeable = False  # stages that change pixels build a new array
             obj.image_data = obj.decoded_pixels = pixels
@@ -145,7 +231,7 @@ class _ReadImagesFn(beam.DoFn):
             _stage_perf=list(task._stage_perf),
         )
         batch.add_stage_perf(self._stage_name, time.perf_counter() - started, len(decoded))
-        return batch
+        return batch, failures
 
     def teardown(self):
         if getattr(self, "_progress", None):
@@ -189,7 +275,18 @@ class ImageReaderStage(beam.PTransform):
       num_gpus_per_worker: 0 decodes on the CPU always; above 0 decodes on the GPU ('mixed') on a
         worker that sees a CUDA device, and on the CPU on one that does not. Beam has no fractional
         GPU scheduling: GPUs are attached per worker VM (see docs/DEPLOYMENT.md).
+      max_image_pixels: a sample whose header claims more pixels fails before any pixel is allocated
+        (default: Pillow's decompression-bomb limit, 89,478,485).
+      max_member_bytes: a member larger than this is not read: an image fails its sample, a companion
+        is left out (default 256 MiB).
       progress_dir: a local directory where each worker writes running totals (the CLI's progress).
+
+    What cannot be used becomes a FailureRecord (see beam_curator.failures): a sample that cannot be
+    decoded or breaks a limit, a companion that is not valid (UTF-8 `txt`, parseable `json`), a link
+    or device entry, and a damaged shard (after the samples read before the damage). By default each
+    is logged at WARNING and counted in the `beam_curator` metrics (`samples_failed`,
+    `companions_failed`, `members_failed`, `shards_failed`), and the job goes on;
+    `.with_exception_handling()` makes the stage return `(batches, failures)` to keep the records.
     """
 
     def __init__(
@@ -200,6 +297,8 @@ class ImageReaderStage(beam.PTransform):
         num_gpus_per_worker: float = 0.25,
         *,
         name: str = "image_reader",
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
         progress_dir: str | None = None,
     ):
         super().__init__()
@@ -213,13 +312,28 @@ class ImageReaderStage(beam.PTransform):
         self.verbose = verbose
         self.num_threads = num_threads
         self.num_gpus_per_worker = float(num_gpus_per_worker)
+        for option, value in (("max_image_pixels", max_image_pixels), ("max_member_bytes", max_member_bytes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{option} must be a positive integer, got {value!r}")
         self.stage_name = name
+        self.max_image_pixels = max_image_pixels
+        self.max_member_bytes = max_member_bytes
         self.progress_dir = progress_dir
+        self._with_failures = False
         self._shared_handle = shared.Shared()
 
+    def with_exception_handling(self) -> ImageReaderStage:
+        """Make the stage return (batches, failures): ImageBatches and FailureRecords."""
+        self._with_failures = True
+        return self
+
     def expand(self, tasks):
-        # FileGroupTask -> ImageBatch
-        return tasks | "ReadAndDecode" >> beam.ParDo(_ReadImagesFn(self, self._shared_handle))
+        # FileGroupTask -> ImageBatch (+ FailureRecord, tagged 'failures')
+        read = beam.ParDo(_ReadImagesFn(self, self._shared_handle))
+        if not self._with_failures:
+            return tasks | "ReadAndDecode" >> read
+        outputs = tasks | "ReadAndDecode" >> read.with_outputs(FAILURES_TAG, main="batches")
+        return outputs.batches, outputs[FAILURES_TAG]
 
     def display_data(self):
         return {
@@ -227,4 +341,6 @@ class ImageReaderStage(beam.PTransform):
             "num_threads": self.num_threads,
             "num_gpus_per_worker": self.num_gpus_per_worker,
             "verbose": self.verbose,
+            "max_image_pixels": self.max_image_pixels,
+            "max_member_bytes": self.max_member_bytes,
         }

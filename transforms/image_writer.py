@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import apache_beam as beam
+import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
@@ -29,6 +30,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_curator import storage
 from beam_curator.encoding import encode_jpeg
+from beam_curator.failures import FailureRecord
 from beam_curator.naming import SHARD_PREFIX, partition_hash, shard_basename
 from beam_curator.schema import MetadataRow, rows_to_table
 from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
@@ -39,6 +41,7 @@ __all__ = ["ImageWriterStage", "WRITTEN_BATCHES_TAG"]
 
 _LOG = logging.getLogger(__name__)
 WRITTEN_BATCHES_TAG = "written"
+FAILURES_TAG = "failures"
 TEMP_DIR_PREFIX = ".beam_curator-temp-"
 
 
@@ -88,6 +91,7 @@ class _WriteShardsFn(beam.DoFn):
         self._write_index = stage.write_index
         self._verbose = stage.verbose
         self._emit_written = stage._with_written
+        self._emit_failures = stage._with_failures
         self._temp_dir = temp_dir
 
     def start_bundle(self):
@@ -115,17 +119,24 @@ class _WriteShardsFn(beam.DoFn):
                 "ImageWriterStage must run fused with ImageReaderStage (no Reshuffle or GroupByKey between them)"
             )
         state.last_batch_index = batch_index
+        written = 0
         for obj in batch.data:
+            try:
+                image_member = self._image_member(obj)
+            except (ValueError, TypeError) as error:  # bad pixels from a stage: this image fails alone
+                yield from self._fail(obj, error)
+                continue
             if state.shard is None:
                 state.shard = self._open_shard(state)
-            self._write_image(state.shard, obj)
+            self._write_sample(state.shard, obj, image_member)
+            written += 1
             if len(state.shard.rows) == self._images_per_tar:
                 yield self._close_shard(state)
         if batch._metadata.get("last_batch", False):
             if state.shard is not None:
                 yield self._close_shard(state)
             state.last_batch_index = float("inf")  # the partition is complete in this bundle
-        counter("images_written").inc(len(batch.data))
+        counter("images_written").inc(written)
         if self._emit_written:
             yield beam.pvalue.TaggedOutput(WRITTEN_BATCHES_TAG, self._written_copy(batch, started))
 
@@ -156,7 +167,20 @@ class _WriteShardsFn(beam.DoFn):
         handle = storage.create(temp_tar)
         return _OpenShard(basename=basename, temp_tar=temp_tar, handle=handle, writer=TarShardWriter(handle))
 
-    def _write_image(self, shard: _OpenShard, obj: ImageObject) -> None:
+    def _image_member(self, obj: ImageObject) -> tuple[str, bytes, int | None, int | None]:
+        """(extension, bytes, height, width) of the image member to write for obj."""
+        if obj.pixels_unchanged and not self._force_reencode:
+            return obj.image_format, obj.image_bytes, obj.height, obj.width
+        if obj.image_data is None:
+            raise ValueError(f"image {obj.image_id!r} has neither pixels nor original bytes to write")
+        pixels = obj.image_data
+        if not isinstance(pixels, np.ndarray):
+            raise TypeError(f"image_data of {obj.image_id!r} is a {type(pixels).__name__}, not a numpy array")
+        extension = "jpeg" if "jpg" in obj.companions else "jpg"
+        return extension, encode_jpeg(pixels, quality=self._jpeg_quality), int(pixels.shape[0]), int(pixels.shape[1])
+
+    def _write_sample(self, shard: _OpenShard, obj: ImageObject, image_member) -> None:
+        extension, payload, height, width = image_member
         key = safe_key(obj.key or obj.image_id)
         if key in shard.keys:  # the same key from two source shards of one partition
             suffix = 1
@@ -164,23 +188,23 @@ class _WriteShardsFn(beam.DoFn):
                 suffix += 1
             key = f"{key}_{suffix}"
         shard.keys.add(key)
-        if obj.pixels_unchanged and not self._force_reencode:
-            image_format, payload = obj.image_format, obj.image_bytes
-            height, width = obj.height, obj.width
-        elif obj.image_data is not None:
-            image_format = "jpeg" if "jpg" in obj.companions else "jpg"
-            payload = encode_jpeg(obj.image_data, quality=self._jpeg_quality)
-            height, width = int(obj.image_data.shape[0]), int(obj.image_data.shape[1])
-        else:
-            raise ValueError(f"image {obj.image_id!r} has neither pixels nor original bytes to write")
-        members = [(image_format, payload)] + sorted(obj.companions.items())
+        members = [(extension, payload)] + sorted(obj.companions.items())
         member_names = shard.writer.write_sample(key, members)
         shard.rows.append(
             MetadataRow.for_image(
                 obj, key=key, tar_file=f"{shard.basename}.tar", member_name=member_names[0],
-                image_format=image_format, width=width, height=height,
+                image_format=extension, width=width, height=height,
             )
         )
+
+    def _fail(self, obj: ImageObject, error: Exception) -> Iterator:
+        source, _, member = obj.image_path.partition("#")
+        record = FailureRecord(source=source, member=member, key=obj.key, stage=self._stage_name, scope="sample",
+                               error_class=type(error).__name__, message=str(error))
+        counter("images_write_failed").inc()
+        _LOG.warning("could not write %s: %s: %s", obj.image_path or obj.image_id, record.error_class, record.message)
+        if self._emit_failures:
+            yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
 
     def _close_shard(self, state: _PartitionState) -> _WrittenShard:
         shard = state.shard
@@ -313,6 +337,13 @@ class ImageWriterStage(beam.PTransform):
         self.overwrite = overwrite
         self.write_index = write_index
         self._with_written = False
+        self._with_failures = False
+
+    def with_exception_handling(self) -> ImageWriterStage:
+        """Make the transform return (files, failures), or (files, written, failures) with
+        with_written_batches(); failures are FailureRecords of images that could not be encoded."""
+        self._with_failures = True
+        return self
 
     def with_written_batches(self) -> ImageWriterStage:
         """Make the transform return (files, written): the FileGroupTasks and the ImageBatches as written."""
@@ -330,16 +361,19 @@ class ImageWriterStage(beam.PTransform):
         temp_dir = storage.join(self.output_dir, f"{TEMP_DIR_PREFIX}{uuid.uuid4().hex}")
         # ImageBatch -> _WrittenShard (main) and ImageBatch (tagged 'written')
         outputs = batches | "WriteShards" >> beam.ParDo(_WriteShardsFn(self, temp_dir)).with_outputs(
-            WRITTEN_BATCHES_TAG, main="shards"
+            WRITTEN_BATCHES_TAG, FAILURES_TAG, main="shards"
         )
         files = (
             outputs.shards
             | "CollectCommitted" >> beam.combiners.ToList()  # [_WrittenShard], once
             | "Finalize" >> beam.ParDo(_FinalizeFn(self.output_dir, temp_dir, self.overwrite))  # FileGroupTask
         )
+        results = (files,)
         if self._with_written:
-            return files, outputs[WRITTEN_BATCHES_TAG]
-        return files
+            results += (outputs[WRITTEN_BATCHES_TAG],)
+        if self._with_failures:
+            results += (outputs[FAILURES_TAG],)
+        return results if len(results) > 1 else files
 
     def display_data(self):
         return {
