@@ -24,6 +24,7 @@ setup(
             "webdataset==1.0.2",
             "datasets>=4,<6",
             "duckdb>=1,<3",
+            "hypothesis>=6,<7",
             "setuptools>=65",
             "wheel",
         ],

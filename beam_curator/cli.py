@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass
 __all__ = ["RunStats", "build_parser", "build_stages", "curate", "main"]
 
 _LOG = logging.getLogger(__name__)
+# Same values as ImageReaderStage's defaults; kept here so --help needs no Beam import.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
 PROGRESS_EVERY_S = 5.0
@@ -84,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     reader.add_argument("--num-gpus-per-worker", type=float, default=0.25, help="0 forces CPU decoding")
     reader.add_argument("--reader-verbose", action=argparse.BooleanOptionalAction, default=True,
                         help="log one line per shard read")
+    reader.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="fail images whose header claims more pixels (default: Pillow's bomb limit)")
+    reader.add_argument("--max-member-bytes", type=int, default=DEFAULT_MAX_MEMBER_BYTES,
+                        help="fail tar members larger than this, unread")
     writer = curate.add_argument_group("ImageWriterStage")
     writer.add_argument("--images-per-tar", type=int, default=1000)
     writer.add_argument("--writer-verbose", action=argparse.BooleanOptionalAction, default=False,
@@ -154,6 +161,8 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
         verbose=args.reader_verbose,
         num_threads=args.num_threads,
         num_gpus_per_worker=args.num_gpus_per_worker,
+        max_image_pixels=args.max_image_pixels,
+        max_member_bytes=args.max_member_bytes,
         progress_dir=progress_dir,
     )
     writer = ImageWriterStage(

@@ -50,11 +50,16 @@ def write_tar(path: str, samples: list[Sample], tar_format: int = tarfile.USTAR_
     """A plain tar written with Python's tarfile (not beam_curator's writer)."""
     with tarfile.open(path, "w", format=tar_format) as archive:
         for sample in samples:
-            for extension, payload in sample.members.items():
-                info = tarfile.TarInfo(f"{sample.key}.{extension}")
-                info.size = len(payload)
-                archive.addfile(info, io.BytesIO(payload))
+            add_sample(archive, sample)
     return path
+
+
+def add_sample(archive: tarfile.TarFile, sample: Sample) -> None:
+    """Append a sample's members to an open tar, adjacent, in the sample's order."""
+    for extension, payload in sample.members.items():
+        info = tarfile.TarInfo(f"{sample.key}.{extension}")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
 
 
 def make_samples(shard: int, count: int, *, with_json: bool = True, fmt: str = "JPEG") -> list[Sample]:

@@ -34,6 +34,7 @@ def test_every_stage_parameter_is_exposed(tmp_path):
     args, beam_args = cli.build_parser().parse_known_args([
         "curate", "in1", "in2", "--output", "o", "--files-per-partition", "3", "--file-extensions", ".tar, .tgz",
         "--dali-batch-size", "7", "--num-threads", "2", "--num-gpus-per-worker", "0", "--no-reader-verbose",
+        "--max-image-pixels", "1000", "--max-member-bytes", "2000",
         "--images-per-tar", "9", "--writer-verbose", "--no-deterministic-name", "--remove-image-data",
         "--jpeg-quality", "80", "--force-reencode", "--overwrite", "--write-index", "--runner=FnApiRunner", "--direct_num_workers=2",
     ])
@@ -42,14 +43,19 @@ def test_every_stage_parameter_is_exposed(tmp_path):
     assert (partitioning.file_paths, partitioning.files_per_partition, partitioning.file_extensions) == (
         ["in1", "in2"], 3, [".tar", ".tgz"])
     assert (reader.dali_batch_size, reader.num_threads, reader.num_gpus_per_worker, reader.verbose) == (7, 2, 0.0, False)
+    assert (reader.max_image_pixels, reader.max_member_bytes) == (1000, 2000)
     assert (writer.output_dir, writer.images_per_tar, writer.verbose, writer.deterministic_name,
             writer.remove_image_data, writer.jpeg_quality, writer.force_reencode, writer.overwrite,
             writer.write_index) == ("o", 9, True, False, True, 80, True, True, True)
 
 
 def test_defaults_match_nemo_curator():
+    from beam_curator.transforms import ImageReaderStage
+
     args, _ = cli.build_parser().parse_known_args(["curate", "in", "--output", "o"])
     _, reader, writer = cli.build_stages(args)
+    default = ImageReaderStage()
+    assert (reader.max_image_pixels, reader.max_member_bytes) == (default.max_image_pixels, default.max_member_bytes)
     assert (reader.dali_batch_size, reader.verbose, reader.num_threads, reader.num_gpus_per_worker) == (100, True, 8, 0.25)
     assert (writer.images_per_tar, writer.verbose, writer.deterministic_name, writer.remove_image_data) == (
         1000, False, True, False)

@@ -185,7 +185,8 @@ class _ReadImagesFn(beam.DoFn):
         try:
             size = probe_size(image_bytes)
         except ImageDecodeError as error:  # Pillow's own bomb check fired: far over any sane limit
-            yield self._record(url, member, sample.key, "sample", "ImageTooLarge", str(error))
+            yield self._record(url, member, sample.key, "sample", "ImageTooLarge",
+                               f"over max_image_pixels={self._max_image_pixels}: {error}")
             return
         if size is not None and size[0] * size[1] > self._max_image_pixels:
             yield self._record(url, member, sample.key, "sample", "ImageTooLarge",
