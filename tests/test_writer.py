@@ -233,3 +233,25 @@ def test_verbose_logs_each_tar(tmp_path, make_dataset, caplog):
         with caplog.at_level(logging.INFO, logger="beam_curator"):
             curate(dataset.directory, str(tmp_path / f"v{verbose}"), writer={"verbose": verbose, "images_per_tar": 2})
         assert sum("wrote" in r.getMessage() and "image(s) to" in r.getMessage() for r in caplog.records) == expected
+
+
+def test_unusable_pixels_fail_that_image_alone(tmp_path, make_dataset):
+    dataset = make_dataset(shards=1, per_shard=3)
+    out, failures_dir = str(tmp_path / "out"), str(tmp_path / "failures")
+
+    def spoil_second(batch):
+        batch.data[1].image_data = np.zeros((4, 4), np.float32)  # a stage's bug: not HxWx3 uint8
+        return batch
+
+    def build(pipeline):
+        batches = pipeline | FilePartitioningStage(dataset.directory) | ImageReaderStage() | beam.Map(spoil_second)
+        _, failures = batches | ImageWriterStage(out).with_exception_handling()
+        collect_to(failures, failures_dir)
+
+    result = run_pipeline(build)
+    (failure,) = read_collected(failures_dir)
+    assert (failure.key, failure.stage, failure.scope, failure.error_class) == ("s00_0001", "image_writer", "sample", "ValueError")
+    assert "must be HxWx3 uint8" in failure.message
+    rows = pq.read_table(glob.glob(f"{out}/*.parquet")).to_pylist()
+    assert [row["key"] for row in rows] == ["s00_0000", "s00_0002"]
+    assert query_counters(result)["images_write_failed"] == 1
