@@ -11,7 +11,7 @@ setup(
     packages=["beam_curator", "beam_curator.transforms"],
     package_dir={"beam_curator": "beam_curator", "beam_curator.transforms": "transforms"},
     install_requires=[
-        "apache-beam==2.77.0",
+        "apache-beam[aws]==2.77.0",
         "numpy>=1.26,<3",
         "pandas>=2.1,<4",
         "pyarrow>=14,<26",
@@ -25,6 +25,7 @@ setup(
             "datasets>=4,<6",
             "duckdb>=1,<3",
             "hypothesis>=6,<7",
+            "moto[server]>=5,<6",
             "setuptools>=65",
             "wheel",
         ],

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["RunStats", "build_parser", "build_stages", "curate", "main"]
+__all__ = ["RunStats", "build_parser", "build_pipeline", "build_stages", "curate", "main"]
 
 _LOG = logging.getLogger(__name__)
 # Same values as ImageReaderStage's defaults; kept here so --help needs no Beam import.
@@ -179,12 +179,32 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
     return partitioning, reader, writer
 
 
-def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
+def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_dir: str | None = None):
+    """The curate job as a Beam pipeline, built but not run: (pipeline, number of input shards).
+
+    Touches no GPU: a Flex Template launcher, which has none, builds the job with this.
+    """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_curator import storage
     from beam_curator.transforms import WriteFailures
+
+    # The pipeline first: it hands its options (S3 endpoint, credentials, ...) to Beam's FileSystems,
+    # which the listing of the inputs below already uses.
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    partitioning, reader, writer = build_stages(args, progress_dir=progress_dir)
+    total_shards = sum(len(task.data) for task in partitioning.partitions())
+    _prepare_failures_dir(args.output, overwrite=args.overwrite)
+    # ImageBatch, fused with the writer: pixels never cross a shuffle
+    batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling()
+    # FileGroupTask of each committed tar + parquet pair
+    _, write_failures = batches | "ImageWriter" >> writer.with_exception_handling()
+    (read_failures, write_failures) | "AllFailures" >> beam.Flatten() | "WriteFailures" >> WriteFailures(args.output)
+    return pipeline, total_shards
+
+
+def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
+    from beam_curator import storage
 
     runner = _runner_name(beam_args)
     if runner is None:
@@ -193,18 +213,11 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
     show_progress = args.progress if args.progress is not None else runner.split(".")[-1] in _LOCAL_RUNNERS
     progress_dir = tempfile.mkdtemp(prefix="beam_curator-progress-") if show_progress else None
 
-    partitioning, reader, writer = build_stages(args, progress_dir=progress_dir)
-    total_shards = sum(len(task.data) for task in partitioning.partitions())
-    _prepare_failures_dir(args.output, overwrite=args.overwrite)
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    # ImageBatch, fused with the writer: pixels never cross a shuffle
-    batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling()
-    # FileGroupTask of each committed tar + parquet pair
-    _, write_failures = batches | "ImageWriter" >> writer.with_exception_handling()
-    (read_failures, write_failures) | "AllFailures" >> beam.Flatten() | "WriteFailures" >> WriteFailures(args.output)
-    started = time.monotonic()
-    reporter = _ProgressReporter(progress_dir, total_shards, started) if progress_dir else None
+    reporter = None
     try:
+        pipeline, total_shards = build_pipeline(args, beam_args, progress_dir=progress_dir)
+        started = time.monotonic()
+        reporter = _ProgressReporter(progress_dir, total_shards, started) if progress_dir else None
         if reporter:
             reporter.start()
         result = pipeline.run()
