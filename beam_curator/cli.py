@@ -79,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("inputs", nargs="+", metavar="INPUT", help="shard files, directories or globs (local, gs://, s3://)")
     curate.add_argument("--output", required=True, metavar="DIR", help="output directory (local, gs://, s3://)")
     partitioning = curate.add_argument_group("FilePartitioningStage")
-    partitioning.add_argument("--files-per-partition", type=int, default=1)
+    partitioning.add_argument("--files-per-partition", type=int, default=1, help="shards per reader task")
     partitioning.add_argument("--file-extensions", default=".tar", help="comma-separated, e.g. .tar,.tar.gz")
     reader = curate.add_argument_group("ImageReaderStage")
-    reader.add_argument("--dali-batch-size", type=int, default=100)
+    reader.add_argument("--dali-batch-size", type=int, default=100,
+                        help="images per DALI batch and at most per ImageBatch")
     reader.add_argument("--num-threads", type=int, default=8, help="DALI decoding threads per worker process")
     reader.add_argument("--num-gpus-per-worker", type=float, default=0.25, help="0 forces CPU decoding")
     reader.add_argument("--reader-verbose", action=argparse.BooleanOptionalAction, default=True,
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     reader.add_argument("--max-member-bytes", type=int, default=DEFAULT_MAX_MEMBER_BYTES,
                         help="fail tar members larger than this, unread")
     writer = curate.add_argument_group("ImageWriterStage")
-    writer.add_argument("--images-per-tar", type=int, default=1000)
+    writer.add_argument("--images-per-tar", type=int, default=1000,
+                        help="images per output tar (every tar of a partition is full but its last)")
     writer.add_argument("--writer-verbose", action=argparse.BooleanOptionalAction, default=False,
                         help="log each tar written")
     writer.add_argument("--deterministic-name", action=argparse.BooleanOptionalAction, default=True,
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     writer.add_argument("--write-index", action="store_true", help="write DALI's index (.idx) beside each tar")
     curate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="show progress while running (default: on for local runners)")
+    curate.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                        help="wait for the job to finish and print its summary (--no-wait: submit and return)")
 
     sample = commands.add_parser("make-sample", help="write a small sample WebDataset to try the pipeline on")
     sample.add_argument("directory", metavar="DIR")
@@ -133,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"beam-curator: error: {error}", file=sys.stderr)
         return 2
+    if stats is None:
+        print("submitted; the summary is not available without --wait")
+        return 0
     print(stats.summary())
     print(stats.reconciliation())
     return 0 if stats.reconciles else 3
@@ -203,7 +210,8 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     return pipeline, total_shards
 
 
-def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
+def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats | None:
+    """Run the job; its RunStats, or None with --no-wait (the job was only submitted)."""
     from beam_curator import storage
 
     runner = _runner_name(beam_args)
@@ -221,6 +229,8 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats:
         if reporter:
             reporter.start()
         result = pipeline.run()
+        if not args.wait:
+            return None
         result.wait_until_finish()
     finally:
         if reporter:
