@@ -3,6 +3,7 @@
 
     python3 dev.py demo    # set up, make the sample dataset, curate it, check the counts reconcile
     python3 dev.py test    # set up, run the test suite (extra arguments go to pytest)
+    python3 dev.py bench   # set up, run the benchmark (benchmarks/run.py; extra arguments go to it)
     python3 dev.py setup   # only create .venv and install the package with its test extras
 
 Everything is installed into .venv from setup.py; it is reinstalled when setup.py changes.
@@ -38,7 +39,7 @@ def setup() -> None:
     if not os.path.exists(PYTHON):
         venv.EnvBuilder(with_pip=True).create(VENV)
     _run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[test]")
+    _run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[test,bench]")
     with open(STAMP, "w") as handle:
         handle.write(wanted)
 
@@ -62,6 +63,11 @@ def test(pytest_args: list[str]) -> None:
     _run(PYTHON, "-m", "pytest", *(pytest_args or ["-q", "tests"]))
 
 
+def bench(bench_args: list[str]) -> None:
+    setup()
+    _run(PYTHON, os.path.join("benchmarks", "run.py"), *bench_args)
+
+
 def main() -> None:
     command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "setup":
@@ -70,6 +76,8 @@ def main() -> None:
         demo()
     elif command == "test":
         test(rest)
+    elif command == "bench":
+        bench(rest)
     else:
         sys.exit(__doc__)
 

@@ -29,6 +29,7 @@ setup(
             "setuptools>=65",
             "wheel",
         ],
+        "bench": ["scikit-image>=0.22,<1"],
     },
     entry_points={"console_scripts": ["beam-curator=beam_curator.cli:main"]},
 )

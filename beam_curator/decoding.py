@@ -141,8 +141,8 @@ class DaliImageDecoder:
             (decoded,) = self._pipeline.run()
             if self.device == "mixed":
                 decoded = decoded.as_cpu()
-            # Copy out: DALI reuses its output buffers on the next run.
-            return [np.array(decoded.at(i), copy=True) for i in range(len(chunk))]
+            # One copy out of DALI's buffers (reused on the next run); `.at(i)` copies slower.
+            return [np.array(decoded[i]) for i in range(len(chunk))]
 
     def _decode_one_by_one(self, chunk: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
         results: list[np.ndarray | ImageDecodeError] = []
