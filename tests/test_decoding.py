@@ -47,11 +47,16 @@ def test_bad_image_fails_alone_and_gif_falls_back_to_pillow(decoder):
     np.testing.assert_array_equal(results[4], pixels)
 
 
-def test_results_are_copies_not_dali_buffers(decoder):
-    first = decoder.decode([encode(make_image(5), "PNG")])[0]
-    snapshot = first.copy()
-    decoder.decode([encode(make_image(6), "PNG")])
-    np.testing.assert_array_equal(first, snapshot)
+def test_results_outlive_later_runs(decoder):
+    import gc
+
+    first = decoder.decode([encode(make_image(5 + i), "PNG") for i in range(4)])
+    expected = [make_image(5 + i) for i in range(4)]
+    gc.collect()
+    for round_index in range(6):  # DALI must not reuse the buffers the first results still view
+        decoder.decode([encode(make_image(50 + round_index * 4 + i), "PNG") for i in range(4)])
+    for got, want in zip(first, expected):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_pillow_decoder_error_is_typed():

@@ -17,6 +17,7 @@ from beam_curator.decoding import DaliImageDecoder, ImageDecodeError, cuda_devic
 from beam_curator.failures import FailureRecord
 from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
 from beam_curator.webdataset import RawSample, SkippedMember, iter_samples, split_member_name
+from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .metrics import counter
 
 __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_MAX_MEMBER_BYTES", "FAILURES_TAG", "ImageReaderStage"]
@@ -330,7 +331,7 @@ class ImageReaderStage(beam.PTransform):
 
     def expand(self, tasks):
         # FileGroupTask -> ImageBatch (+ FailureRecord, tagged 'failures')
-        read = beam.ParDo(_ReadImagesFn(self, self._shared_handle))
+        read = beam.ParDo(_ReadImagesFn(self, self._shared_handle)).with_output_types(ImageBatch)
         if not self._with_failures:
             return tasks | "ReadAndDecode" >> read
         outputs = tasks | "ReadAndDecode" >> read.with_outputs(FAILURES_TAG, main="batches")
