@@ -204,6 +204,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rss-check", action="store_true", help="peak RSS of (c) at 2,000 vs 20,000 images")
     parser.add_argument("--update-docs", action="store_true", help="write the table in docs/PERFORMANCE.md")
     parser.add_argument("--name", default=None, help="results file name (default: from the date)")
+    parser.add_argument("--results", default=RESULTS, help="directory of the results files")
     args = parser.parse_args(argv)
     if args.small:
         args.shards, args.images_per_shard, args.rounds = 4, 50, 1
@@ -243,9 +244,9 @@ def main(argv=None) -> int:
     if args.rss_check:
         result["rss_check"] = rss_check(args.threads, args.batch)
     print(table(result))
-    os.makedirs(RESULTS, exist_ok=True)
+    os.makedirs(args.results, exist_ok=True)
     name = args.name or ("small" if args.small else datetime.date.today().isoformat())
-    with open(os.path.join(RESULTS, f"{name}.json"), "w") as handle:
+    with open(os.path.join(args.results, f"{name}.json"), "w") as handle:
         json.dump(result, handle, indent=2)
     if args.update_docs:
         update_docs(result)
