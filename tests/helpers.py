@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
 import os
 import pickle
+import socket
+import subprocess
 import tarfile
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -145,3 +149,31 @@ def curate(input_dir: str, output_dir: str, *, reader=None, writer=None, stage=N
             collect_to(files, collect_dir)
 
     return run_pipeline(build, extra_options)
+
+
+@contextlib.contextmanager
+def loopback_server(command_for_port, log_path: str, what: str):
+    """Start command_for_port(port) on a free 127.0.0.1 port, wait until it accepts connections,
+    yield the port, and stop it afterwards."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command_for_port(port), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"{what} did not start; see {log_path}") from None
+                    time.sleep(0.2)
+            yield port
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()

@@ -3,14 +3,11 @@
 import glob
 import hashlib
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.helpers import curate
+from tests.helpers import curate, loopback_server
 
 RUNNERS = {
     "fnapi-1-worker": ["--runner=FnApiRunner"],
@@ -21,28 +18,11 @@ RUNNERS = {
 @pytest.fixture(scope="module")
 def job_endpoint(tmp_path_factory):
     """Beam's local job service, started on loopback for the PortableRunner."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("job-service") / "log.txt", "w")
-    service = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if service.poll() is not None or time.monotonic() > deadline:
-                service.kill()
-                pytest.fail(f"the local job service did not start; see {log.name}")
-            time.sleep(0.2)
-    yield f"localhost:{port}"
-    service.terminate()
-    service.wait(timeout=30)
-    log.close()
+    command = lambda port: [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                            "--port", str(port)]
+    log = str(tmp_path_factory.mktemp("job-service") / "log.txt")
+    with loopback_server(command, log, "Beam's local job service") as port:
+        yield f"localhost:{port}"
 
 
 def _digests(out):

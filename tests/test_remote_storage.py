@@ -2,43 +2,25 @@
 
 import io
 import json
-import socket
-import subprocess
 import sys
 import tarfile
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from beam_curator import cli
-from tests.helpers import curate, make_samples, write_tar
+from tests.helpers import curate, loopback_server, make_samples, write_tar
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}  # moto accepts any
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "log.txt", "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"moto's server did not start; see {log.name}")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    """moto's S3 server, started on loopback."""
+    command = lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    log = str(tmp_path_factory.mktemp("moto") / "log.txt")
+    with loopback_server(command, log, "moto's S3 server") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def _client(endpoint):
