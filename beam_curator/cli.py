@@ -14,12 +14,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from beam_curator.decoding import DEFAULT_MAX_IMAGE_PIXELS  # the core modules import no Beam, no DALI
+from beam_curator.webdataset import DEFAULT_MAX_MEMBER_BYTES
+
 __all__ = ["RunStats", "build_parser", "build_pipeline", "build_stages", "curate", "main"]
 
-_LOG = logging.getLogger(__name__)
-# Same values as ImageReaderStage's defaults; kept here so --help needs no Beam import.
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
-DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
 PROGRESS_EVERY_S = 5.0

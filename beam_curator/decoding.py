@@ -17,9 +17,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DaliImageDecoder", "ImageDecodeError", "cuda_device_count", "decode_with_pillow", "probe_size"]
+__all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DaliImageDecoder",
+    "ImageDecodeError",
+    "cuda_device_count",
+    "decode_with_pillow",
+    "probe_size",
+]
 
 _LOG = logging.getLogger(__name__)
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
 _LIVE_DECODERS: weakref.WeakSet = weakref.WeakSet()
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 __all__ = [
+    "DEFAULT_MAX_MEMBER_BYTES",
     "IMAGE_EXTENSIONS",
     "MAX_MEMBER_NAME_BYTES",
     "RawSample",
@@ -28,6 +29,8 @@ __all__ = [
 
 # Image extensions in order of preference when a sample holds several; matched case-insensitively.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+
+DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
 # USTAR keeps a 100-byte name field; longer names need PAX or GNU records, which DALI misreads.
 MAX_MEMBER_NAME_BYTES = 100

@@ -9,7 +9,7 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 
 from beam_curator import storage
-from beam_curator.failures import FailureRecord, failures_to_table
+from beam_curator.failures import failures_to_table
 
 __all__ = ["FAILURES_DIR", "WriteFailures"]
 

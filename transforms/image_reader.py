@@ -13,20 +13,34 @@ import apache_beam as beam
 from apache_beam.utils import shared
 
 from beam_curator import storage
-from beam_curator.decoding import DaliImageDecoder, ImageDecodeError, cuda_device_count, probe_size
+from beam_curator.decoding import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DaliImageDecoder,
+    ImageDecodeError,
+    cuda_device_count,
+    probe_size,
+)
 from beam_curator.failures import FailureRecord
 from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
-from beam_curator.webdataset import RawSample, SkippedMember, iter_samples, split_member_name
+from beam_curator.webdataset import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    RawSample,
+    SkippedMember,
+    iter_samples,
+    split_member_name,
+)
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .metrics import counter
 
-__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_MAX_MEMBER_BYTES", "FAILURES_TAG", "ImageReaderStage"]
+__all__ = ["FAILURES_TAG", "ImageReaderStage"]
 
 _LOG = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 2.0
 FAILURES_TAG = "failures"
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
-DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
+
+
+def _too_large(size: int, max_member_bytes: int) -> tuple[str, str]:
+    return "MemberTooLarge", f"{size} bytes is over max_member_bytes={max_member_bytes}"
 
 
 def _check_companions(sample: RawSample, max_member_bytes: int):
@@ -36,7 +50,7 @@ def _check_companions(sample: RawSample, max_member_bytes: int):
     unpickled or executed.
     """
     for extension in sorted(sample.oversized):
-        yield extension, ("MemberTooLarge", f"{sample.oversized[extension]} bytes is over max_member_bytes={max_member_bytes}")
+        yield extension, _too_large(sample.oversized[extension], max_member_bytes)
     for extension, payload in sorted(sample.members.items()):
         kind = extension.rpartition(".")[2].lower()
         try:
@@ -176,8 +190,8 @@ class _ReadImagesFn(beam.DoFn):
                                    f"no image member among {listed}")
             return
         if extension in sample.oversized:
-            yield self._record(url, member, sample.key, "sample", "MemberTooLarge",
-                               f"{sample.oversized[extension]} bytes is over max_member_bytes={self._max_member_bytes}")
+            yield self._record(url, member, sample.key, "sample",
+                               *_too_large(sample.oversized[extension], self._max_member_bytes))
             return
         image_bytes = sample.members.pop(extension)
         if not image_bytes:
