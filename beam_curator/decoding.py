@@ -14,6 +14,7 @@ import re
 import threading
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,6 +35,8 @@ _LIVE_DECODERS: weakref.WeakSet = weakref.WeakSet()
 def _release_live_decoders() -> None:
     # DALI pipelines left for interpreter teardown fail in their __del__; release them first.
     for decoder in list(_LIVE_DECODERS):
+        if decoder._executor is not None:
+            decoder._executor.shutdown(wait=True)
         decoder._pipeline = None
 
 
@@ -91,7 +94,8 @@ class DaliImageDecoder:
 
     Thread-safe: Beam runs one DoFn instance per harness thread and they share one decoder per
     process, so feeding and running the pipeline is serialised by a lock (DALI itself decodes with
-    `num_threads` threads).
+    `num_threads` threads). `submit` decodes on the decoder's own thread, so that the caller reads and
+    writes while DALI decodes.
     """
 
     def __init__(self, *, batch_size: int, num_threads: int, use_gpu: bool, device_id: int = 0):
@@ -101,6 +105,8 @@ class DaliImageDecoder:
         self.num_threads = num_threads
         self.device = "mixed" if use_gpu else "cpu"
         self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()  # not self._lock: that one is held while DALI decodes
 
         decoder_options = {"device": self.device, "output_type": types.RGB}
         if use_gpu:
@@ -128,6 +134,16 @@ class DaliImageDecoder:
         _LOG.info(
             "built DALI %s decoding pipeline (batch_size=%s, num_threads=%s)", self.device, batch_size, num_threads
         )
+
+    def submit(self, images: Sequence[bytes]) -> Future:
+        """Start decoding `images` in the background; the future's result is what decode() returns.
+
+        Work is done in the order submitted (one background thread per decoder, shared by all callers).
+        """
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-decode")
+            return self._executor.submit(self.decode, images)
 
     def decode(self, images: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
         """Decode `images`; each result is an array or the error that stopped that image alone."""

@@ -99,6 +99,33 @@ def build_dataset(directory, shards: int = 2, per_shard: int = 12, **options) ->
     return Dataset(str(directory), written)
 
 
+def run_in_bundle(fn: beam.DoFn, elements):
+    """Run a set-up DoFn by hand over elements as one bundle (start, process each, finish), lazily.
+
+    Yields its outputs without their windows: values, and TaggedOutputs of values.
+    """
+    import inspect
+
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    wanted = inspect.signature(fn.process).parameters
+    where = {name: value for name, value in (("timestamp", MIN_TIMESTAMP), ("window", GlobalWindow())) if name in wanted}
+
+    def unwrap(output):
+        if isinstance(output, beam.pvalue.TaggedOutput):
+            return beam.pvalue.TaggedOutput(output.tag, unwrap(output.value))
+        return output.value if isinstance(output, WindowedValue) else output
+
+    fn.start_bundle()
+    for element in elements:
+        for output in fn.process(element, **where) or ():
+            yield unwrap(output)
+    for output in fn.finish_bundle() or ():
+        yield unwrap(output)
+
+
 def run_pipeline(build, extra_options: list[str] | None = None):
     """Build with build(pipeline) and run to completion on the FnApiRunner (unless options say else)."""
     pipeline = beam.Pipeline(options=PipelineOptions([*FNAPI, *(extra_options or [])]))

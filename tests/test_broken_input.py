@@ -20,7 +20,7 @@ from beam_curator.failures import FailureRecord
 from beam_curator.tasks import FileGroupTask, ImageBatch
 from beam_curator.transforms import ImageReaderStage
 from beam_curator.transforms.image_reader import _ReadImagesFn
-from tests.helpers import Sample, add_sample, curate, encode, make_image, write_tar
+from tests.helpers import Sample, add_sample, curate, encode, make_image, run_in_bundle, write_tar
 
 GOOD_BEFORE = Sample("before", {"jpg": encode(make_image(11)), "txt": b"first"})
 GOOD_AFTER = Sample("after", {"jpg": encode(make_image(12)), "txt": b"last"})
@@ -34,7 +34,7 @@ def read(paths, **options):
     fn.setup()
     task = FileGroupTask(task_id="t", dataset_name="d", data=paths,
                          _metadata={"source_files": paths, "source_ids": [os.path.basename(p) for p in paths]})
-    outputs = list(fn.process(task))
+    outputs = list(run_in_bundle(fn, [task]))
     images = [obj for out in outputs if isinstance(out, ImageBatch) for obj in out.data]
     failures = [out.value for out in outputs if isinstance(out, TaggedOutput)]
     assert all(isinstance(record, FailureRecord) for record in failures)

@@ -59,6 +59,19 @@ def test_results_outlive_later_runs(decoder):
         np.testing.assert_array_equal(got, want)
 
 
+def test_submitted_batches_decode_in_the_background_in_order(decoder):
+    batches = [[encode(make_image(100 + 3 * b + i), "PNG") for i in range(3)] for b in range(4)]
+    batches[2][1] = b"broken"  # a failing batch in the queue does not disturb the others
+    futures = [decoder.submit(images) for images in batches]  # all queued before any result is taken
+    for b, future in enumerate(futures):
+        results = future.result(timeout=60)
+        for i, result in enumerate(results):
+            if (b, i) == (2, 1):
+                assert isinstance(result, ImageDecodeError)
+            else:
+                np.testing.assert_array_equal(result, make_image(100 + 3 * b + i))
+
+
 def test_pillow_decoder_error_is_typed():
     with pytest.raises(ImageDecodeError, match="UnidentifiedImageError"):
         decode_with_pillow(b"junk")

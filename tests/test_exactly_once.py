@@ -19,7 +19,7 @@ from beam_curator.transforms import ImageReaderStage, ImageWriterStage
 from beam_curator.transforms import image_writer
 from beam_curator.transforms.image_reader import _ReadImagesFn
 from beam_curator.webdataset import TarShardWriter
-from tests.helpers import curate
+from tests.helpers import curate, run_in_bundle
 
 RETRYING_RUNNER = ["--runner=BundleBasedDirectRunner"]
 
@@ -94,12 +94,12 @@ def _written_shards(dataset, tmp_path, **writer_options):
     reader_fn.setup()
     write_fn = image_writer._WriteShardsFn(writer, temp_dir)
     write_fn.start_bundle()
+    tasks = [FileGroupTask(task_id=f"p{index}", dataset_name="d", data=[path],
+                           _metadata={"partition_index": index, "source_files": [path]})
+             for index, path in enumerate(sorted(dataset.shards))]
     records = []
-    for index, path in enumerate(sorted(dataset.shards)):
-        task = FileGroupTask(task_id=f"p{index}", dataset_name="d", data=[path],
-                             _metadata={"partition_index": index, "source_files": [path]})
-        for batch in reader_fn.process(task):
-            records += list(write_fn.process(batch))
+    for batch in run_in_bundle(reader_fn, tasks):
+        records += list(write_fn.process(batch))
     return writer, temp_dir, records
 
 

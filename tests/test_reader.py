@@ -9,7 +9,7 @@ from beam_curator.tasks import FileGroupTask, ImageBatch
 from beam_curator.transforms import FilePartitioningStage, ImageReaderStage
 from beam_curator.transforms.image_reader import _ReadImagesFn
 from beam_curator.transforms.metrics import query_counters
-from tests.helpers import collect_to, read_collected, run_pipeline
+from tests.helpers import collect_to, read_collected, run_in_bundle, run_pipeline
 
 
 def _read(tmp_path, dataset, **reader_options):
@@ -87,13 +87,39 @@ def test_batches_stream_out_before_the_partition_is_read(make_dataset):
     task = FileGroupTask(task_id="t", dataset_name="d", data=[shard, shard + ".missing"])
     fn = _direct_fn(dali_batch_size=4)
     fn._emit_failures = True
-    outputs = fn.process(task)
+    outputs = run_in_bundle(fn, [task])
     first = next(outputs)  # decoded and emitted while the second file was never opened
     assert first.num_items == 4
     rest = list(outputs)
     assert [batch.num_items for batch in rest if isinstance(batch, ImageBatch)] == [4, 4, 0]
     (failure,) = [output.value for output in rest if not isinstance(output, ImageBatch)]
     assert (failure.source, failure.scope) == (shard + ".missing", "shard")
+
+
+def test_a_batch_sent_during_the_next_task_keeps_its_own_window(make_dataset):
+    # The reader sends a partition's last batch only once the next partition's first batch is on
+    # DALI (or at the end of the bundle); it must still carry its own task's window and timestamp.
+    from apache_beam.transforms.window import IntervalWindow
+    from apache_beam.utils.timestamp import Timestamp
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    dataset = make_dataset(shards=2, per_shard=5)
+    fn = _direct_fn(dali_batch_size=4)
+    fn.start_bundle()
+    sent = []
+    for index, shard in enumerate(sorted(dataset.shards)):
+        task = FileGroupTask(task_id=f"p{index}", dataset_name="d", data=[shard], _metadata={"partition_index": index})
+        sent += [(index, output) for output in fn.process(task, timestamp=Timestamp(index), window=IntervalWindow(index, index + 1))]
+    sent += [(None, output) for output in fn.finish_bundle()]
+    assert all(isinstance(output, WindowedValue) for _, output in sent)
+    got = [(during, out.value._metadata["partition_index"], out.value.num_items, out.timestamp, out.windows[0].start)
+           for during, out in sent]
+    assert got == [
+        (0, 0, 4, Timestamp(0), Timestamp(0)),  # partition 0's first batch, sent once its second was queued
+        (1, 0, 1, Timestamp(0), Timestamp(0)),  # partition 0's last batch, sent while partition 1 is read
+        (1, 1, 4, Timestamp(1), Timestamp(1)),
+        (None, 1, 1, Timestamp(1), Timestamp(1)),  # the bundle's last batch, from finish_bundle
+    ]
 
 
 def test_options_reach_the_dali_pipeline(make_dataset):
@@ -119,7 +145,7 @@ def test_verbose_logs_one_line_per_shard(make_dataset, caplog):
     for verbose, expected in [(True, 1), (False, 0)]:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="beam_curator"):
-            list(_direct_fn(verbose=verbose).process(task))
+            list(run_in_bundle(_direct_fn(verbose=verbose), [task]))
         assert sum("read 2 image(s) from" in r.getMessage() for r in caplog.records) == expected
 
 
@@ -149,5 +175,5 @@ def test_gpu_worker_decodes_with_mixed(make_dataset):
     (shard,) = dataset.shards
     fn = _direct_fn(num_gpus_per_worker=0.25)
     assert fn._handle.decoder.device == "mixed"
-    (batch,) = list(fn.process(FileGroupTask(task_id="t", dataset_name="d", data=[shard])))
+    (batch,) = list(run_in_bundle(fn, [FileGroupTask(task_id="t", dataset_name="d", data=[shard])]))
     assert batch.num_items == 3

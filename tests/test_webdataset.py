@@ -73,6 +73,26 @@ def test_tar_writer_is_deterministic_ustar(tmp_path):
     assert first[257:262] == b"ustar"
 
 
+def test_tar_writer_output_equals_tarfiles_own(tmp_path):
+    # The writer writes headers and data itself; the bytes must be what tarfile writes.
+    members = [("k1", "jpg", b"a" * 700), ("k1", "txt", b"caption"), ("k2", "png", b""), ("d/k3", "json", b"x" * 512)]
+    ours = io.BytesIO()
+    writer = TarShardWriter(ours)
+    writer.write_sample("k1", [("jpg", members[0][2]), ("txt", members[1][2])])
+    writer.write_sample("k2", [("png", b"")])
+    writer.write_sample("d/k3", [("json", members[3][2])])
+    writer.close()
+    theirs = io.BytesIO()
+    with tarfile.open(fileobj=theirs, mode="w|", format=tarfile.USTAR_FORMAT) as archive:
+        for key, extension, payload in members:
+            info = tarfile.TarInfo(f"{key}.{extension}")
+            info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+                len(payload), 0, 0o644, 0, 0, "", "")
+            archive.addfile(info, io.BytesIO(payload))
+    assert ours.getvalue() == theirs.getvalue()
+    assert len(ours.getvalue()) % tarfile.RECORDSIZE == 0
+
+
 def test_tar_writer_rejects_long_names_and_bad_extensions():
     writer = TarShardWriter(io.BytesIO())
     with pytest.raises(ValueError, match="over 100 bytes"):

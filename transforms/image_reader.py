@@ -8,9 +8,12 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.utils import shared
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_curator import storage
 from beam_curator.decoding import (
@@ -64,6 +67,20 @@ def _check_companions(sample: RawSample, max_member_bytes: int):
         yield extension, None
 
 
+@dataclass
+class _SubmittedBatch:
+    """A batch's images handed to DALI (`future` is None for an empty batch), and its task's window."""
+
+    task: FileGroupTask
+    objects: list[ImageObject]
+    future: Future | None
+    index: int
+    last: bool
+    started: float
+    timestamp: object
+    window: object
+
+
 class _DecoderHandle:
     """What a process shares between its DoFn threads: the decoder, and who built it."""
 
@@ -100,7 +117,12 @@ class _ReadImagesFn(beam.DoFn):
         self._handle = self._shared_handle.acquire(build, tag=tag)
         self._progress = _ProgressFile(self._progress_dir) if self._progress_dir else None
 
-    def process(self, task: FileGroupTask) -> Iterator:
+    def start_bundle(self):
+        # The batch DALI decodes while this thread reads on and the writer writes; it may belong to
+        # the previous element, so the decoder never waits between partitions.
+        self._in_flight: _SubmittedBatch | None = None
+
+    def process(self, task: FileGroupTask, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         # FileGroupTask -> ImageBatch, one per at most dali_batch_size decoded images, streamed;
         # FailureRecord (tagged 'failures') for what could not be used.
         if self._built_here and not self._reported_build:
@@ -114,26 +136,44 @@ class _ReadImagesFn(beam.DoFn):
         started = time.perf_counter()
         items = self._images_and_failures(sources, source_ids)
         upcoming = next(items, None)
-        while upcoming is not None:
+        while upcoming is not None or batch_index == 0:
             if isinstance(upcoming, FailureRecord):
                 yield from self._fail(upcoming)
-            else:
+            elif upcoming is not None:
                 pending.append(upcoming)
             upcoming = next(items, None)
             if len(pending) == self._batch_size or upcoming is None:
-                yield from self._emit_batch(task, pending, batch_index, last=upcoming is None, started=started)
+                # A partition with nothing in it still sends one empty batch: the writer learns it is complete.
+                yield from self._submit(_SubmittedBatch(task, pending, None, batch_index, upcoming is None, started,
+                                                        timestamp, window))
                 batch_index += 1
                 pending = []
                 started = time.perf_counter()
-        if batch_index == 0:
-            # A partition with nothing in it still tells the writer it is complete.
-            yield from self._emit_batch(task, [], 0, last=True, started=started)
 
-    def _emit_batch(self, task, objects, index, *, last, started) -> Iterator:
-        batch, failures = self._decode_batch(task, objects, index, last=last, started=started)
+    def finish_bundle(self):
+        if self._in_flight is not None:
+            yield from self._emit_batch(self._in_flight)
+            self._in_flight = None
+
+    def _submit(self, submitted: _SubmittedBatch) -> Iterator:
+        """Queue a batch on DALI, then send the one queued before it downstream: they overlap."""
+        if submitted.objects:
+            submitted.future = self._handle.decoder.submit([obj.image_bytes for obj in submitted.objects])
+        previous, self._in_flight = self._in_flight, submitted
+        if previous is not None:
+            yield from self._emit_batch(previous)
+
+    def _emit_batch(self, submitted: _SubmittedBatch) -> Iterator:
+        # Outputs carry the window of their own task: the batch may go out during the next element.
+        def windowed(value):
+            return WindowedValue(value, submitted.timestamp, [submitted.window])
+
+        results = submitted.future.result() if submitted.future is not None else []
+        batch, failures = self._decoded_batch(submitted, results)
         for failure in failures:
-            yield from self._fail(failure)
-        yield batch
+            for output in self._fail(failure):
+                yield beam.pvalue.TaggedOutput(output.tag, windowed(output.value))
+        yield windowed(batch)
 
     def _fail(self, record: FailureRecord) -> Iterator:
         counter(f"{record.scope}s_failed").inc()
@@ -225,10 +265,10 @@ class _ReadImagesFn(beam.DoFn):
             metadata={},
         )
 
-    def _decode_batch(self, task, objects: list[ImageObject], index: int, *, last: bool, started: float):
-        results = self._handle.decoder.decode([obj.image_bytes for obj in objects]) if objects else []
+    def _decoded_batch(self, submitted: _SubmittedBatch, results: list):
+        task, index = submitted.task, submitted.index
         decoded, failures = [], []
-        for obj, pixels in zip(objects, results):
+        for obj, pixels in zip(submitted.objects, results):
             if isinstance(pixels, ImageDecodeError):
                 source, _, member = obj.image_path.partition("#")
                 failures.append(self._record(source, member, obj.key, "sample", "ImageDecodeError", pixels))
@@ -243,10 +283,11 @@ class _ReadImagesFn(beam.DoFn):
             dataset_name=task.dataset_name,
             data=decoded,
             # dali_pipeline names the decoder ("{host}:{pid}:{id}"), to see which process decoded what.
-            _metadata={**task._metadata, "batch_index": index, "last_batch": last, "dali_pipeline": self._handle.label},
+            _metadata={**task._metadata, "batch_index": index, "last_batch": submitted.last,
+                       "dali_pipeline": self._handle.label},
             _stage_perf=list(task._stage_perf),
         )
-        batch.add_stage_perf(self._stage_name, time.perf_counter() - started, len(decoded))
+        batch.add_stage_perf(self._stage_name, time.perf_counter() - submitted.started, len(decoded))
         return batch, failures
 
     def teardown(self):
