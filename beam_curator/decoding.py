@@ -123,7 +123,8 @@ class DaliImageDecoder:
             exec_dynamic=True,
         )
         def _pipeline():
-            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=False)
+            # no_copy: DALI reads the callers' bytes in place; _run keeps them alive until the outputs are back.
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=True)
             return fn.decoders.image(encoded, **decoder_options)
 
         self._pipeline = _pipeline()
