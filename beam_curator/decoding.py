@@ -73,7 +73,47 @@ def decode_with_pillow(data: bytes) -> np.ndarray:
 
 def probe_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image's header, without decoding its pixels; None when Pillow does
-    not recognise the format. Pillow's own decompression-bomb refusal is reported as a huge size."""
+    not recognise the format. Pillow's own decompression-bomb refusal is raised as ImageDecodeError."""
+    size = _jpeg_size(data)
+    if size is not None:
+        return size
+    return _pillow_size(data)
+
+
+# Start-of-frame markers (they hold the size): C0-CF except DHT (C4), JPG (C8) and DAC (CC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0-7: no length field
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment; None for anything else or anything odd
+    (then Pillow decides). Pillow's header parse costs as much per image as reading the tar."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    position, end = 2, len(data)
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            position += 2
+            continue
+        if marker in _SOF_MARKERS:
+            if position + 9 > end:
+                return None
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return (width, height) if width and height else None  # height 0: defined later (DNL)
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
+def _pillow_size(data: bytes) -> tuple[int, int] | None:
     import warnings
 
     from PIL import Image

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from beam_curator.decoding import DaliImageDecoder, ImageDecodeError, decode_with_pillow
+from beam_curator.decoding import DaliImageDecoder, ImageDecodeError, _jpeg_size, decode_with_pillow, probe_size
 from tests.helpers import encode, make_image
 
 
@@ -70,6 +70,46 @@ def test_submitted_batches_decode_in_the_background_in_order(decoder):
                 assert isinstance(result, ImageDecodeError)
             else:
                 np.testing.assert_array_equal(result, make_image(100 + 3 * b + i))
+
+
+def _jpegs():
+    import io
+
+    from PIL import Image
+
+    pixels = make_image(7, 123, 45)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the frame header still holds the stored size, as Pillow reports
+    variants = {
+        "baseline": {}, "progressive": {"progressive": True}, "optimized": {"optimize": True},
+        "exif": {"exif": exif.tobytes()}, "icc": {"icc_profile": b"\0" * 3000}, "comment": {"comment": b"hi"},
+    }
+    for label, options in variants.items():
+        yield label, encode(pixels, "JPEG", **options)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0]).save(buffer, format="JPEG")
+    yield "grayscale", buffer.getvalue()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert("CMYK").save(buffer, format="JPEG")
+    yield "cmyk", buffer.getvalue()
+
+
+@pytest.mark.parametrize("label,data", list(_jpegs()))
+def test_jpeg_size_from_the_frame_header_equals_pillows(label, data):
+    from PIL import Image
+    import io
+
+    assert _jpeg_size(data) == Image.open(io.BytesIO(data)).size == (123, 45)
+
+
+def test_jpeg_size_leaves_odd_input_to_pillow():
+    good = encode(make_image(8, 40, 30), "JPEG")
+    start_of_scan = good.index(b"\xff\xda")
+    for odd in [b"", b"\xff\xd8", b"\xff\xd8\xff", good[:20], good[:start_of_scan].replace(b"\xff\xc0", b"\xff\xfe")[:30],
+                b"\xff\xd8\xff\xda" + good[4:], encode(make_image(8, 40, 30), "PNG")]:
+        assert _jpeg_size(odd) is None
+    assert probe_size(encode(make_image(8, 40, 30), "PNG")) == (40, 30)  # Pillow's answer
+    assert probe_size(good) == (40, 30)
 
 
 def test_pillow_decoder_error_is_typed():

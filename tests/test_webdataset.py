@@ -4,7 +4,7 @@ import tarfile
 
 import pytest
 
-from beam_curator.webdataset import TarShardWriter, iter_samples, safe_key, split_member_name
+from beam_curator.webdataset import TarShardWriter, _ustar_header, iter_samples, safe_key, split_member_name
 
 from tests.helpers import Sample, write_tar
 
@@ -83,14 +83,35 @@ def test_tar_writer_output_equals_tarfiles_own(tmp_path):
     writer.write_sample("d/k3", [("json", members[3][2])])
     writer.close()
     theirs = io.BytesIO()
-    with tarfile.open(fileobj=theirs, mode="w|", format=tarfile.USTAR_FORMAT) as archive:
-        for key, extension, payload in members:
-            info = tarfile.TarInfo(f"{key}.{extension}")
-            info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
-                len(payload), 0, 0o644, 0, 0, "", "")
-            archive.addfile(info, io.BytesIO(payload))
+    for key, extension, payload in members:  # tarfile's layout: header, data, zeros to a block
+        theirs.write(_tarfiles_header(f"{key}.{extension}", len(payload)) + payload + bytes(-len(payload) % 512))
+    theirs.write(bytes(1024))  # the end: two zero blocks, then zeros to tarfile's 10 KiB record
+    theirs.write(bytes(-theirs.tell() % tarfile.RECORDSIZE))
     assert ours.getvalue() == theirs.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(ours.getvalue())) as archive:
+        assert [(m.name, archive.extractfile(m).read()) for m in archive] == [
+            (f"{key}.{extension}", payload) for key, extension, payload in members]
     assert len(ours.getvalue()) % tarfile.RECORDSIZE == 0
+
+
+def _tarfiles_header(name: str, size: int) -> bytes:
+    """tarfile's USTAR header for our member; Pythons before 3.11.7 also filled the device-number
+    fields of regular files, which ours (like newer tarfiles) leaves empty."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+    header[329:345] = bytes(16)
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "d/" + "k" * 94 + ".jpg", "x" * 96 + ".txt"])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 513, 123_456])
+def test_headers_equal_tarfiles_for_any_name_and_size(name, size):
+    assert _ustar_header(name, size) == _tarfiles_header(name, size)
+    parsed = tarfile.TarInfo.frombuf(_ustar_header(name, size), "utf-8", "strict")
+    assert (parsed.name, parsed.size, parsed.mode, parsed.mtime, parsed.type) == (name, size, 0o644, 0, tarfile.REGTYPE)
 
 
 def test_tar_writer_rejects_long_names_and_bad_extensions():
