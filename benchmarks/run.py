@@ -295,12 +295,12 @@ def table(result: dict) -> str:
     lines.append("| ratio | measured | target | met |")
     lines.append("|---|---|---|---|")
     for name, target in TARGETS.items():
-        lines.append(f"| {name} | {result['ratios'][name]:.2f} | >= {target} | {'yes' if result['targets_met'][name] else 'no'} |")
+        lines.append(f"| {name} | {result['ratios'][name]:.3f} | >= {target} | {'yes' if result['targets_met'][name] else 'no'} |")
     if "c_job/a" in result:
-        lines.append(f"| c/a, job alone (no start-up; not a target) | {result['c_job/a']:.2f} | - | - |")
+        lines.append(f"| c/a, job alone (no start-up; not a target) | {result['c_job/a']:.3f} | - | - |")
     if "rss_check" in result:
         check = result["rss_check"]
-        lines.append(f"| RSS 20000 / 2000 | {check['ratio']:.2f} ({check['20000']:.0f} / {check['2000']:.0f} MB) "
+        lines.append(f"| RSS 20000 / 2000 | {check['ratio']:.3f} ({check['20000']:.0f} / {check['2000']:.0f} MB) "
                      f"| <= 1.2, < 1500 MB | {'yes' if check['ratio'] <= 1.2 and check['20000'] < 1500 else 'no'} |")
     return "\n".join(lines)
 
