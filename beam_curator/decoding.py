@@ -1,7 +1,10 @@
 """Image decoding with NVIDIA DALI: one pipeline per worker process, GPU ('mixed') or CPU.
 
-DALI decodes a whole batch or fails it whole, so a batch that fails is decoded again one image at a
-time to find the bad sample; an image DALI cannot decode at all (GIF, for one) falls back to Pillow.
+No image reaches DALI before its structure has been checked (beam_curator.image_structure): DALI's
+decoders can segfault on malformed bytes, which no Python code can catch. Images that fail the check
+(and GIF, which DALI does not decode) are decoded by Pillow alone. DALI decodes a whole batch or fails
+it whole, so a batch that fails is decoded again one image at a time to find the bad sample, which
+then falls back to Pillow.
 Nothing here runs at import time and nothing touches CUDA until a decoder is built on a worker.
 """
 
@@ -18,7 +21,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from beam_curator.image_structure import dali_problem
+
 __all__ = [
+    "BackgroundSubmit",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DaliImageDecoder",
     "ImageDecodeError",
@@ -129,7 +135,27 @@ def _pillow_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-class DaliImageDecoder:
+class BackgroundSubmit:
+    """`submit(images)`: decode() on one background thread per decoder, in the order submitted."""
+
+    _executor: ThreadPoolExecutor | None = None
+    _executor_lock = threading.Lock()  # not a decoder's own lock: that one is held while it decodes
+
+    def submit(self, images: Sequence[bytes]) -> Future:
+        """Start decoding `images` in the background; the future's result is what decode() returns.
+
+        Work is done in the order submitted (one background thread per decoder, shared by all callers).
+        """
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-decode")
+            return self._executor.submit(self.decode, images)
+
+    def decode(self, images: Sequence[bytes]) -> list:
+        raise NotImplementedError
+
+
+class DaliImageDecoder(BackgroundSubmit):
     """A DALI pipeline that decodes batches of encoded images to HxWx3 uint8 RGB arrays.
 
     Thread-safe: Beam runs one DoFn instance per harness thread and they share one decoder per
@@ -138,15 +164,15 @@ class DaliImageDecoder:
     writes while DALI decodes.
     """
 
-    def __init__(self, *, batch_size: int, num_threads: int, use_gpu: bool, device_id: int = 0):
+    def __init__(self, *, batch_size: int, num_threads: int, use_gpu: bool, device_id: int = 0,
+                 _check_structure: bool = True):
         from nvidia.dali import fn, pipeline_def, types
 
         self.batch_size = batch_size
         self.num_threads = num_threads
         self.device = "mixed" if use_gpu else "cpu"
         self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()  # not self._lock: that one is held while DALI decodes
+        self._check_structure = _check_structure  # False only in the crash-fuzz harness (tests/decoder_fuzz.py)
 
         decoder_options = {"device": self.device, "output_type": types.RGB}
         if use_gpu:
@@ -176,30 +202,35 @@ class DaliImageDecoder:
             "built DALI %s decoding pipeline (batch_size=%s, num_threads=%s)", self.device, batch_size, num_threads
         )
 
-    def submit(self, images: Sequence[bytes]) -> Future:
-        """Start decoding `images` in the background; the future's result is what decode() returns.
-
-        Work is done in the order submitted (one background thread per decoder, shared by all callers).
-        """
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-decode")
-            return self._executor.submit(self.decode, images)
-
     def decode(self, images: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
-        """Decode `images`; each result is an array or the error that stopped that image alone."""
-        results: list[np.ndarray | ImageDecodeError] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            try:
-                results.extend(self._run(chunk))
-            except RuntimeError:
-                results.extend(self._decode_one_by_one(chunk))
-        return results
+        """Decode `images`; each result is an array or the error that stopped that image alone.
+
+        Only images whose structure passes `dali_problem` reach DALI (its decoders can segfault on
+        malformed bytes); the others are decoded by Pillow alone."""
+        results: list[np.ndarray | ImageDecodeError | None] = [None] * len(images)
+        checked: list[int] = []  # indexes of the images DALI may decode
+        for index, data in enumerate(images):
+            problem = (dali_problem(data) if self._check_structure else None) if data else "empty image member"
+            if problem is None:
+                checked.append(index)
+            else:
+                results[index] = _decode_with_pillow_only(data, problem)
+        for start in range(0, len(checked), self.batch_size):
+            indexes = checked[start : start + self.batch_size]
+            decoded = self._decode_checked([images[index] for index in indexes])
+            for index, result in zip(indexes, decoded):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _decode_checked(self, chunk: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
+        """Decode images that passed the structural check: the whole chunk at once, or one by one
+        when DALI fails it."""
+        try:
+            return self._run(chunk)
+        except RuntimeError:
+            return self._decode_one_by_one(chunk)
 
     def _run(self, chunk: Sequence[bytes]) -> list[np.ndarray]:
-        if any(len(data) == 0 for data in chunk):
-            raise RuntimeError("empty image member in batch")
         arrays = [np.frombuffer(data, dtype=np.uint8) for data in chunk]
         with self._lock:
             self._pipeline.feed_input("encoded", arrays)
@@ -226,6 +257,13 @@ class DaliImageDecoder:
                     continue
             results.append(pixels)
         return results
+
+
+def _decode_with_pillow_only(data: bytes, problem: str) -> np.ndarray | ImageDecodeError:
+    try:
+        return decode_with_pillow(data)
+    except ImageDecodeError as pillow_error:
+        return ImageDecodeError(f"not given to DALI ({problem}); Pillow: {pillow_error}")
 
 
 def _dali_reason(error: RuntimeError) -> str:

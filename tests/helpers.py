@@ -16,27 +16,11 @@ import uuid
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
-from PIL import Image
+
+from tests.images import encode, make_image  # noqa: F401 - the helpers' images, without Beam
 
 FNAPI = ["--runner=FnApiRunner"]
-
-
-def make_image(seed: int, width: int = 96, height: int = 64) -> np.ndarray:
-    """A smooth gradient with noise: compresses like a photo, different for every seed."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = rng.uniform(0, 255, 3)
-    slope = rng.uniform(-1.5, 1.5, (2, 3))
-    image = base + xx[..., None] * slope[0] + yy[..., None] * slope[1] + rng.normal(0, 6, (height, width, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def encode(pixels: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 @dataclass
