@@ -4,6 +4,7 @@
     python3 dev.py demo    # set up, make the sample dataset, curate it, check the counts reconcile
     python3 dev.py test    # set up, run the test suite (extra arguments go to pytest)
     python3 dev.py bench   # set up, run the benchmark (benchmarks/run.py; extra arguments go to it)
+    python3 dev.py fuzz-decoder  # set up, run a crash-fuzz campaign on the decoder (tests/decoder_fuzz.py)
     python3 dev.py setup   # only create .venv and install the package with its test extras
 
 Everything is installed into .venv from setup.py; it is reinstalled when setup.py changes.
@@ -68,6 +69,11 @@ def bench(bench_args: list[str]) -> None:
     _run(PYTHON, os.path.join("benchmarks", "run.py"), *bench_args)
 
 
+def fuzz_decoder(fuzz_args: list[str]) -> None:
+    setup()
+    _run(PYTHON, "-m", "tests.decoder_fuzz", *fuzz_args)
+
+
 def main() -> None:
     command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "setup":
@@ -78,6 +84,8 @@ def main() -> None:
         test(rest)
     elif command == "bench":
         bench(rest)
+    elif command == "fuzz-decoder":
+        fuzz_decoder(rest)
     else:
         sys.exit(__doc__)
 
