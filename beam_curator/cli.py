@@ -22,6 +22,7 @@ __all__ = ["RunStats", "build_parser", "build_pipeline", "build_stages", "curate
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
 PROGRESS_EVERY_S = 5.0
+_ISOLATE_DECODER = {"auto": None, "always": True, "never": False}  # ImageReaderStage(isolate_decoder)
 
 
 @dataclass
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fail images whose header claims more pixels (default: Pillow's bomb limit)")
     reader.add_argument("--max-member-bytes", type=int, default=DEFAULT_MAX_MEMBER_BYTES,
                         help="fail tar members larger than this, unread")
+    reader.add_argument("--isolate-decoder", choices=sorted(_ISOLATE_DECODER), default="auto",
+                        help="decode in a child process, so a native decoder crash fails one image "
+                        "(auto: on the GPU only)")
     writer = curate.add_argument_group("ImageWriterStage")
     writer.add_argument("--images-per-tar", type=int, default=1000,
                         help="images per output tar (every tar of a partition is full but its last)")
@@ -169,6 +173,7 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
         num_gpus_per_worker=args.num_gpus_per_worker,
         max_image_pixels=args.max_image_pixels,
         max_member_bytes=args.max_member_bytes,
+        isolate_decoder=_ISOLATE_DECODER[args.isolate_decoder],
         progress_dir=progress_dir,
     )
     writer = ImageWriterStage(

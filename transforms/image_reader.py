@@ -24,6 +24,7 @@ from beam_curator.decoding import (
     probe_size,
 )
 from beam_curator.failures import FailureRecord
+from beam_curator.isolated_decoding import IsolatedDecoder
 from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
 from beam_curator.webdataset import (
     DEFAULT_MAX_MEMBER_BYTES,
@@ -100,6 +101,7 @@ class _ReadImagesFn(beam.DoFn):
         self._max_image_pixels = stage.max_image_pixels
         self._max_member_bytes = stage.max_member_bytes
         self._emit_failures = stage._with_failures
+        self._isolate_decoder = stage.isolate_decoder
         self._shared_handle = shared_handle
         self._built_here = False
         self._reported_build = False
@@ -107,12 +109,14 @@ class _ReadImagesFn(beam.DoFn):
     def setup(self):
         def build() -> _DecoderHandle:
             use_gpu = self._num_gpus > 0 and cuda_device_count() > 0
+            isolate = use_gpu if self._isolate_decoder is None else self._isolate_decoder
             self._built_here = True
+            decoder_class = IsolatedDecoder if isolate else DaliImageDecoder
             return _DecoderHandle(
-                DaliImageDecoder(batch_size=self._batch_size, num_threads=self._num_threads, use_gpu=use_gpu)
+                decoder_class(batch_size=self._batch_size, num_threads=self._num_threads, use_gpu=use_gpu)
             )
 
-        tag = (self._batch_size, self._num_threads, self._num_gpus > 0)
+        tag = (self._batch_size, self._num_threads, self._num_gpus > 0, self._isolate_decoder)
         # Holding the handle keeps the shared pipeline alive for as long as this DoFn lives.
         self._handle = self._shared_handle.acquire(build, tag=tag)
         self._progress = _ProgressFile(self._progress_dir) if self._progress_dir else None
@@ -337,6 +341,10 @@ class ImageReaderStage(beam.PTransform):
       max_member_bytes: a member larger than this is not read: an image fails its sample, a companion
         is left out (default 256 MiB).
       progress_dir: a local directory where each worker writes running totals (the CLI's progress).
+      isolate_decoder: decode in a child process of each worker, so that a native crash of DALI fails
+        one image instead of killing the worker (see beam_curator.isolated_decoding). None (default)
+        isolates on the GPU, where a crash was seen past the structural check, and not on the CPU,
+        where the check alone survived the crash-fuzz campaign (docs/ROBUSTNESS.md).
 
     What cannot be used becomes a FailureRecord (see beam_curator.failures): a sample that cannot be
     decoded or breaks a limit, a companion that is not valid (UTF-8 `txt`, parseable `json`), a link
@@ -357,6 +365,7 @@ class ImageReaderStage(beam.PTransform):
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
         progress_dir: str | None = None,
+        isolate_decoder: bool | None = None,
     ):
         super().__init__()
         if not isinstance(dali_batch_size, int) or dali_batch_size < 1:
@@ -376,6 +385,9 @@ class ImageReaderStage(beam.PTransform):
         self.max_image_pixels = max_image_pixels
         self.max_member_bytes = max_member_bytes
         self.progress_dir = progress_dir
+        if isolate_decoder not in (None, True, False):
+            raise ValueError(f"isolate_decoder must be None (on the GPU only), True or False, got {isolate_decoder!r}")
+        self.isolate_decoder = isolate_decoder
         self._with_failures = False
         self._shared_handle = shared.Shared()
 
@@ -400,4 +412,5 @@ class ImageReaderStage(beam.PTransform):
             "verbose": self.verbose,
             "max_image_pixels": self.max_image_pixels,
             "max_member_bytes": self.max_member_bytes,
+            "isolate_decoder": {None: "on the GPU", True: "always", False: "never"}[self.isolate_decoder],
         }
