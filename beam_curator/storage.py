@@ -47,7 +47,13 @@ def rename_if_present(source: str, destination: str) -> bool:
 
 
 def delete_tree(paths: Iterable[str]) -> None:
-    """Delete files or directories that exist; missing ones are ignored."""
-    present = [path for path in paths if FileSystems.exists(path)]
+    """Delete files or directories that exist; missing ones are ignored. On object stores (gs://,
+    s3://) a directory is a prefix with no object of its own: it is deleted as `path/`, recursively."""
+    present = []
+    for path in paths:
+        if FileSystems.exists(path):
+            present.append(path)
+        elif match_files(f"{path.rstrip('/')}/**"):
+            present.append(f"{path.rstrip('/')}/")
     if present:
         FileSystems.delete(present)
