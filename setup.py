@@ -17,6 +17,7 @@ setup(
         "pyarrow>=14,<26",
         "nvidia-dali-cuda120==2.4.0",
         "pillow>=10,<13",
+        "tqdm>=4.60,<5",
     ],
     extras_require={
         "test": [

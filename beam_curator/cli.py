@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from beam_curator.decoding import DEFAULT_MAX_IMAGE_PIXELS  # the core modules import no Beam, no DALI
+from beam_curator.leftovers import find_leftovers, make_progress_dir, remove_stale_progress_dirs, write_owner
 from beam_curator.webdataset import DEFAULT_MAX_MEMBER_BYTES
 
 __all__ = ["RunStats", "build_parser", "build_pipeline", "build_stages", "curate", "main"]
 
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
-PROGRESS_EVERY_S = 5.0
+_IN_PROCESS_RUNNERS = _LOCAL_RUNNERS - {"PortableRunner"}  # the job dies with the CLI's process
+_LOG = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 30.0  # a plain progress line when stderr is not a terminal
 _ISOLATE_DECODER = {"auto": None, "always": True, "never": False}  # ImageReaderStage(isolate_decoder)
 
 
@@ -68,14 +71,18 @@ class RunStats:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from beam_curator import __version__
+
     parser = argparse.ArgumentParser(
         prog="beam-curator",
-        description="Curate WebDataset image shards on Apache Beam. Unrecognised options "
+        description="Curate WebDataset image shards on Apache Beam. Beam's own options "
         "(--runner, --direct_num_workers, --project, ...) go to Beam's PipelineOptions.",
     )
+    parser.add_argument("--version", action="version", version=f"beam-curator {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    curate = commands.add_parser("curate", help="read, decode and write curated tar + parquet shards")
+    curate = commands.add_parser("curate", help="read, decode and write curated tar + parquet shards",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     curate.add_argument("inputs", nargs="+", metavar="INPUT", help="shard files, directories or globs (local, gs://, s3://)")
     curate.add_argument("--output", required=True, metavar="DIR", help="output directory (local, gs://, s3://)")
     partitioning = curate.add_argument_group("FilePartitioningStage")
@@ -86,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per DALI batch and at most per ImageBatch")
     reader.add_argument("--num-threads", type=int, default=8, help="DALI decoding threads per worker process")
     reader.add_argument("--num-gpus-per-worker", type=float, default=0.25, help="0 forces CPU decoding")
-    reader.add_argument("--reader-verbose", action=argparse.BooleanOptionalAction, default=True,
-                        help="log one line per shard read")
+    reader.add_argument("--reader-verbose", action=argparse.BooleanOptionalAction, default=False,
+                        help="log one line per shard read at INFO (else at DEBUG)")
     reader.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="fail images whose header claims more pixels (default: Pillow's bomb limit)")
     reader.add_argument("--max-member-bytes", type=int, default=DEFAULT_MAX_MEMBER_BYTES,
@@ -108,12 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     writer.add_argument("--force-reencode", action="store_true", help="re-encode every image from its pixels")
     writer.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier run in DIR")
     writer.add_argument("--write-index", action="store_true", help="write DALI's index (.idx) beside each tar")
+    writer.add_argument("--output-format", choices=["original", "jpg"], default="original",
+                        help="jpg: every image a .jpg member (non-JPEG images encoded at --jpeg-quality), "
+                        "so every sample has the same members; original: bytes pass through")
     curate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="show progress while running (default: on for local runners)")
     curate.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                         help="wait for the job to finish and print its summary (--no-wait: submit and return)")
+    curate.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                        help="info: a line per phase, warnings once; debug: also one line per shard and "
+                        "Beam's own messages")
 
-    sample = commands.add_parser("make-sample", help="write a small sample WebDataset to try the pipeline on")
+    for action in curate._actions:  # "N" reads better in --help than FILES_PER_PARTITION
+        if action.metavar is None and action.type in (int, float):
+            action.metavar = "N" if action.type is int else "X"
+
+    sample = commands.add_parser("make-sample", help="write a small sample WebDataset to try the pipeline on",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sample.add_argument("directory", metavar="DIR")
     sample.add_argument("--shards", type=int, default=3)
     sample.add_argument("--images-per-shard", type=int, default=40)
@@ -121,10 +139,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unknown_options(beam_args: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Messages for the options in beam_args that neither `curate` nor Beam's PipelineOptions knows,
+    each with the closest known option; empty when all are known. Imports no Beam."""
+    import difflib
+
+    from beam_curator.beam_options import BEAM_OPTIONS
+
+    curate = parser._subparsers._group_actions[0].choices["curate"]
+    ours = [option for action in curate._actions for option in action.option_strings if option.startswith("--")]
+    known = ours + [f"--{name}" for name in sorted(BEAM_OPTIONS)]
+    messages = []
+    for token in beam_args:
+        if not token.startswith("-") or token == "-" or _is_number(token):
+            continue  # a value of the option before it
+        name = token.split("=", 1)[0]
+        if name.startswith("--") and name[2:] in BEAM_OPTIONS:
+            continue
+        guesses = difflib.get_close_matches(name.replace("_", "-"), ours, n=1, cutoff=0.75) or \
+            difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        messages.append(f"unrecognized option {name}" + (f" (did you mean {guesses[0]}?)" if guesses else ""))
+    return messages
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+class _DropKnownNoise(logging.Filter):
+    """Beam logs this on every import, about a GCP client library the job does not use."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
+def configure_logging(level: str = "info") -> None:
+    """beam_curator's messages at `level`; Beam's at WARNING (INFO with debug); known noise dropped."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_DropKnownNoise())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    logging.getLogger("beam_curator").setLevel(getattr(logging, level.upper()))
+    # The local job service repeats each worker warning as a proto dump: the worker's own line is enough.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
+        logging.INFO if level == "debug" else logging.ERROR)
+    if level == "debug":
+        logging.getLogger("apache_beam").setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("beam_curator").setLevel(logging.INFO)
-    args, beam_args = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    configure_logging(getattr(args, "log_level", "info"))
+    if args.command == "curate":
+        problems = unknown_options(beam_args, parser)
+        if problems:  # before anything is imported or built: a typo must not start a job
+            for problem in problems:
+                print(f"beam-curator curate: error: {problem}", file=sys.stderr)
+            print("(options that are not curate's must be Apache Beam pipeline options; see "
+                  "beam-curator curate --help)", file=sys.stderr)
+            return 2
     if args.command == "make-sample":
         if beam_args:
             raise SystemExit(f"make-sample: unrecognized arguments: {' '.join(beam_args)}")
@@ -186,6 +266,7 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
         force_reencode=args.force_reencode,
         overwrite=args.overwrite,
         write_index=args.write_index,
+        output_format=None if args.output_format == "original" else args.output_format,
     )
     return partitioning, reader, writer
 
@@ -203,6 +284,7 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     # The pipeline first: it hands its options (S3 endpoint, credentials, ...) to Beam's FileSystems,
     # which the listing of the inputs below already uses.
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    _clean_leftovers(args.output)
     partitioning, reader, writer = build_stages(args, progress_dir=progress_dir)
     total_shards = sum(len(task.data) for task in partitioning.partitions())
     _prepare_failures_dir(args.output, overwrite=args.overwrite)
@@ -211,7 +293,22 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     # FileGroupTask of each committed tar + parquet pair
     _, write_failures = batches | "ImageWriter" >> writer.with_exception_handling()
     (read_failures, write_failures) | "AllFailures" >> beam.Flatten() | "WriteFailures" >> WriteFailures(args.output)
+    runner = _runner_name(beam_args) or DEFAULT_RUNNER
+    write_owner(writer.temp_dir, runner=runner, local=runner.split(".")[-1] in _IN_PROCESS_RUNNERS)
     return pipeline, total_shards
+
+
+def _clean_leftovers(output: str) -> None:
+    """Remove what crashed runs left (see beam_curator.leftovers); say what is kept and why."""
+    from beam_curator import storage
+
+    for leftover in find_leftovers(output):
+        if leftover.removable:
+            storage.delete_tree([leftover.path])
+            _LOG.warning("removed %s, left by an earlier run that did not finish: %s", leftover.path, leftover.why)
+        else:
+            _LOG.warning("%s was left by another run and is kept, because %s; remove it yourself if no job "
+                         "is writing into %s", leftover.path, leftover.why, output)
 
 
 def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats | None:
@@ -223,7 +320,8 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats | None:
         beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
         runner = DEFAULT_RUNNER
     show_progress = args.progress if args.progress is not None else runner.split(".")[-1] in _LOCAL_RUNNERS
-    progress_dir = tempfile.mkdtemp(prefix="beam_curator-progress-") if show_progress else None
+    remove_stale_progress_dirs()
+    progress_dir = make_progress_dir() if show_progress else None
 
     reporter = None
     try:
@@ -287,24 +385,42 @@ def _stats_from_metrics(result, total_shards: int, seconds: float) -> RunStats:
 
 
 class _ProgressReporter(threading.Thread):
-    """Sums the workers' progress files and prints a line every PROGRESS_EVERY_S seconds."""
+    """Sums the workers' progress files: a progress bar on a terminal (refreshed every second), else a
+    plain line every PROGRESS_EVERY_S seconds."""
 
-    def __init__(self, directory: str, total_shards: int, started: float):
+    def __init__(self, directory: str, total_shards: int, started: float, stream=None):
         super().__init__(name="beam_curator-progress", daemon=True)
         self._directory = directory
         self._total = total_shards
         self._start_time = started
+        self._stream = stream or sys.stderr
         self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._done.wait(PROGRESS_EVERY_S):
-            shards, images = self.read()
-            elapsed = time.monotonic() - self._start_time
-            print(
-                f"progress: {shards}/{self._total} shards, {images} images, {images / elapsed:.1f} images/s",
-                file=sys.stderr,
-                flush=True,
-            )
+        if not self._stream.isatty():
+            while not self._done.wait(PROGRESS_EVERY_S):
+                print(self.line(*self.read()), file=self._stream, flush=True)
+            return
+        from tqdm import tqdm
+
+        with tqdm(total=self._total, unit="shard", file=self._stream, dynamic_ncols=True, leave=False) as bar:
+            while True:
+                stopping = self._done.wait(1.0)
+                shards, images = self.read()
+                elapsed = max(time.monotonic() - self._start_time, 1e-9)
+                bar.update(shards - bar.n)
+                bar.set_postfix_str(f"{images} images, {images / elapsed:.0f} images/s", refresh=True)
+                if stopping:
+                    return
+
+    def line(self, shards: int, images: int) -> str:
+        """`progress: 3/8 shards (38%), 750 images, 124.1 images/s, ETA 0:00:10`."""
+        elapsed = max(time.monotonic() - self._start_time, 1e-9)
+        percent = 100 * shards / self._total if self._total else 100.0
+        eta = (f"{datetime.timedelta(seconds=round(elapsed * (self._total - shards) / shards))}"
+               if 0 < shards < self._total else "-" if not shards else "0:00:00")
+        return (f"progress: {shards}/{self._total} shards ({percent:.0f}%), {images} images, "
+                f"{images / elapsed:.1f} images/s, ETA {eta}")
 
     def read(self) -> tuple[int, int]:
         shards = images = 0

@@ -1,4 +1,5 @@
 import glob
+import json
 import io
 import os
 import tarfile
@@ -64,7 +65,9 @@ def test_tar_and_parquet_content(tmp_path, make_dataset):
     assert rows[0]["member_name"] == f"{samples[0].key}.jpg" and rows[0]["image_format"] == "jpg"
     assert rows[0]["original_path"].endswith(f"shard-00000.tar#{samples[0].key}.jpg")
     assert (rows[0]["width"], rows[0]["height"]) == (64, 48)
-    assert rows[0]["metadata"] == "{}" and rows[0]["embedding"] is None and rows[0]["aesthetic_score"] is None
+    # the .json member's object is the image's metadata (the member is still written byte for byte)
+    assert [json.loads(row["metadata"]) for row in rows] == [json.loads(s.members["json"]) for s in samples]
+    assert rows[0]["embedding"] is None and rows[0]["aesthetic_score"] is None
 
 
 class _Annotate(beam.PTransform):

@@ -68,6 +68,17 @@ def _check_companions(sample: RawSample, max_member_bytes: int):
         yield extension, None
 
 
+def _metadata_from_json(companions: dict[str, bytes]) -> dict:
+    """The `.json` companion's object (img2dataset writes url, caption, sizes, sha256 there) as the
+    image's metadata; {} when there is none or it holds something else. The member itself is still
+    written back byte for byte."""
+    raw = next((payload for extension, payload in companions.items() if extension.lower() == "json"), None)
+    if raw is None:
+        return {}
+    value = json.loads(raw)  # parses: _check_companions left out any that did not
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass
 class _SubmittedBatch:
     """A batch's images handed to DALI (`future` is None for an empty batch), and its task's window."""
@@ -266,7 +277,7 @@ class _ReadImagesFn(beam.DoFn):
             image_bytes=image_bytes,
             image_format=extension,
             companions=companions,
-            metadata={},
+            metadata=_metadata_from_json(companions),
         )
 
     def _decoded_batch(self, submitted: _SubmittedBatch, results: list):

@@ -31,6 +31,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_curator import storage
 from beam_curator.encoding import encode_jpeg
 from beam_curator.failures import FailureRecord
+from beam_curator.image_structure import image_format
+from beam_curator.leftovers import TEMP_DIR_PREFIX
 from beam_curator.naming import SHARD_PREFIX, partition_hash, shard_basename
 from beam_curator.schema import MetadataRow, rows_to_table
 from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
@@ -42,7 +44,11 @@ __all__ = ["ImageWriterStage", "WRITTEN_BATCHES_TAG"]
 _LOG = logging.getLogger(__name__)
 WRITTEN_BATCHES_TAG = "written"
 FAILURES_TAG = "failures"
-TEMP_DIR_PREFIX = ".beam_curator-temp-"
+OUTPUT_FORMATS = (None, "jpg")  # None: every image member as it came (bytes pass through)
+
+
+def _jpeg_extension(obj: ImageObject) -> str:
+    return "jpeg" if "jpg" in obj.companions else "jpg"  # never collide with a companion named jpg
 
 
 @dataclass
@@ -88,6 +94,7 @@ class _WriteShardsFn(beam.DoFn):
         self._remove_image_data = stage.remove_image_data
         self._jpeg_quality = stage.jpeg_quality
         self._force_reencode = stage.force_reencode
+        self._output_format = stage.output_format
         self._write_index = stage.write_index
         self._verbose = stage.verbose
         self._emit_written = stage._with_written
@@ -157,8 +164,11 @@ class _WriteShardsFn(beam.DoFn):
         self._partitions = {}
 
     def _naming_options(self) -> dict:
-        return {"images_per_tar": self._images_per_tar, "jpeg_quality": self._jpeg_quality,
-                "force_reencode": self._force_reencode}
+        options = {"images_per_tar": self._images_per_tar, "jpeg_quality": self._jpeg_quality,
+                   "force_reencode": self._force_reencode}
+        if self._output_format is not None:  # only then: the names of earlier outputs stay the same
+            options["output_format"] = self._output_format
+        return options
 
     def _open_shard(self, state: _PartitionState) -> _OpenShard:
         basename = shard_basename(state.digest, state.next_shard)
@@ -170,14 +180,16 @@ class _WriteShardsFn(beam.DoFn):
     def _image_member(self, obj: ImageObject) -> tuple[str, bytes, int | None, int | None]:
         """(extension, bytes, height, width) of the image member to write for obj."""
         if obj.pixels_unchanged and not self._force_reencode:
-            return obj.image_format, obj.image_bytes, obj.height, obj.width
+            if self._output_format is None:
+                return obj.image_format, obj.image_bytes, obj.height, obj.width
+            if image_format(obj.image_bytes) == "jpeg":  # already what output_format asks: bytes pass through
+                return _jpeg_extension(obj), obj.image_bytes, obj.height, obj.width
         if obj.image_data is None:
             raise ValueError(f"image {obj.image_id!r} has neither pixels nor original bytes to write")
         pixels = obj.image_data
         if not isinstance(pixels, np.ndarray):
             raise TypeError(f"image_data of {obj.image_id!r} is a {type(pixels).__name__}, not a numpy array")
-        extension = "jpeg" if "jpg" in obj.companions else "jpg"
-        return extension, encode_jpeg(pixels, quality=self._jpeg_quality), int(pixels.shape[0]), int(pixels.shape[1])
+        return _jpeg_extension(obj), encode_jpeg(pixels, quality=self._jpeg_quality), int(pixels.shape[0]), int(pixels.shape[1])
 
     def _write_sample(self, shard: _OpenShard, obj: ImageObject, image_member) -> None:
         extension, payload, height, width = image_member
@@ -303,6 +315,10 @@ class ImageWriterStage(beam.PTransform):
       force_reencode: re-encode every image from its pixels, even those no stage changed.
       overwrite: replace the shards of an earlier run in output_dir instead of stopping.
       write_index: also write DALI's index (`wds2idx` format) of each tar as `{name}.idx`.
+      output_format: None (default) writes each image member as it came; "jpg" makes every image a
+        `.jpg` member (JPEG bytes pass through, other formats are encoded at jpeg_quality), so that
+        every sample has the same member names (loaders that infer columns from the first samples
+        need this).
     """
 
     def __init__(
@@ -318,6 +334,7 @@ class ImageWriterStage(beam.PTransform):
         force_reencode: bool = False,
         overwrite: bool = False,
         write_index: bool = False,
+        output_format: str | None = None,
     ):
         super().__init__()
         if not output_dir or not isinstance(output_dir, str):
@@ -336,6 +353,9 @@ class ImageWriterStage(beam.PTransform):
         self.force_reencode = force_reencode
         self.overwrite = overwrite
         self.write_index = write_index
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be None (keep each image's format) or 'jpg', got {output_format!r}")
+        self.output_format = output_format
         self._with_written = False
         self._with_failures = False
 
@@ -359,6 +379,7 @@ class ImageWriterStage(beam.PTransform):
                     f"(e.g. {existing[0]}); choose another output directory or pass overwrite=True (--overwrite)"
                 )
         temp_dir = storage.join(self.output_dir, f"{TEMP_DIR_PREFIX}{uuid.uuid4().hex}")
+        self.temp_dir = temp_dir  # the CLI records who owns it (beam_curator.leftovers)
         # ImageBatch -> _WrittenShard (main) and ImageBatch (tagged 'written')
         outputs = batches | "WriteShards" >> beam.ParDo(_WriteShardsFn(self, temp_dir)).with_outputs(
             WRITTEN_BATCHES_TAG, FAILURES_TAG, main="shards"
@@ -383,6 +404,7 @@ class ImageWriterStage(beam.PTransform):
             "remove_image_data": self.remove_image_data,
             "jpeg_quality": self.jpeg_quality,
             "force_reencode": self.force_reencode,
+            "output_format": self.output_format or "original",
             "overwrite": self.overwrite,
             "write_index": self.write_index,
         }
