@@ -11,9 +11,13 @@ Nothing here runs at import time and nothing touches CUDA until a decoder is bui
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import logging
+import os
 import re
+import sys
+import tempfile
 import threading
 import weakref
 from collections.abc import Sequence
@@ -232,7 +236,7 @@ class DaliImageDecoder(BackgroundSubmit):
 
     def _run(self, chunk: Sequence[bytes]) -> list[np.ndarray]:
         arrays = [np.frombuffer(data, dtype=np.uint8) for data in chunk]
-        with self._lock:
+        with self._lock, _native_stderr_to_debug_log():
             self._pipeline.feed_input("encoded", arrays)
             (decoded,) = self._pipeline.run()
             if self.device == "mixed":
@@ -257,6 +261,46 @@ class DaliImageDecoder(BackgroundSubmit):
                     continue
             results.append(pixels)
         return results
+
+
+_STDERR_LOCK = threading.Lock()  # one redirection of fd 2 at a time in this process
+_STDERR_CAPTURE: list = []  # the one temporary file it goes to, made on first use
+
+
+@contextlib.contextmanager
+def _native_stderr_to_debug_log():
+    """While DALI runs, what its native libraries print to fd 2 (libjpeg-turbo's "Corrupt JPEG data",
+    libpng's errors, nvImageCodec's coloured [ERROR] lines) goes to a temporary file, then to this
+    module's logger at DEBUG: the failure record names the image once, in Python. Anything else that
+    reached fd 2 meanwhile (another thread's log lines) is written back to stderr."""
+    with _STDERR_LOCK:
+        if not _STDERR_CAPTURE:
+            _STDERR_CAPTURE.append(tempfile.TemporaryFile())
+        capture = _STDERR_CAPTURE[0]
+        capture.seek(0)
+        capture.truncate()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", errors="replace").splitlines(keepends=True):
+                text = _ANSI_ESCAPES.sub("", line).strip()
+                if _NATIVE_LINE.match(text):
+                    _LOG.debug("DALI: %s", text)
+                elif text:
+                    sys.stderr.write(line)
+
+
+_ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+_NATIVE_LINE = re.compile(r"^(\[(ERROR|WARNING|INFO|DEBUG|TRACE|FATAL)\]|libpng |Corrupt JPEG data|Premature end of "
+                          r"JPEG|Invalid JPEG|Unsupported marker|Input file read error|Bogus |Warning: |"
+                          r"Not a JPEG|JPEG datastream|Huffman table|Quantization table|TIFF|OpenCV)")
 
 
 def _decode_with_pillow_only(data: bytes, problem: str) -> np.ndarray | ImageDecodeError:

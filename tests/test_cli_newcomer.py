@@ -17,6 +17,7 @@ import pytest
 from beam_curator import cli, leftovers
 from beam_curator.beam_options import BEAM_OPTIONS
 from beam_curator.decoding import decode_with_pillow
+from tests.decoder_fuzz import base_images, make_case
 from tests.helpers import Sample, encode, make_image, make_samples, write_tar
 
 
@@ -88,12 +89,17 @@ def test_a_clean_run_is_quiet(tmp_path):
 def test_an_undecodable_image_is_named_once(tmp_path):
     source = tmp_path / "in"
     source.mkdir()
-    samples = make_samples(0, 4) + [Sample("broken", {"jpg": b"\xff\xd8\xff\xe0" + bytes(300), "txt": b"x"})]
+    kind, corrupt_png = make_case(0, 24, base_images())  # sound headers, random IDAT data: DALI fails it
+    assert kind == "png/idat_random"
+    samples = make_samples(0, 4) + [Sample("broken", {"jpg": b"\xff\xd8\xff\xe0" + bytes(300), "txt": b"x"}),
+                                    Sample("corrupt", {"png": corrupt_png})]
     write_tar(str(source / "a.tar"), samples)
     done = _run_cli("curate", str(source), "--output", str(tmp_path / "out"))
     assert done.returncode == 0
-    assert (done.stdout + done.stderr).count("broken.jpg") == 1
-    assert "\x1b[" not in done.stderr
+    everything = done.stdout + done.stderr
+    assert everything.count("broken.jpg") == 1 and everything.count("corrupt.png") == 1
+    # what the native libraries print (libpng's errors here) goes to the debug log, not to stderr
+    assert "\x1b[" not in everything and "libpng" not in everything
 
 
 # --- progress --------------------------------------------------------------------------------------
