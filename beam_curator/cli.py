@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from beam_curator.decoding import DEFAULT_MAX_IMAGE_PIXELS  # the core modules import no Beam, no DALI
 from beam_curator.leftovers import find_leftovers, make_progress_dir, remove_stale_progress_dirs, write_owner
+from beam_curator.worker_output import worker_chatter_filtered
 from beam_curator.webdataset import DEFAULT_MAX_MEMBER_BYTES
 
 __all__ = ["RunStats", "build_parser", "build_pipeline", "build_stages", "curate", "main"]
@@ -228,13 +229,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if stats.reconciles else 3
 
 
-def _runner_name(beam_args: list[str]) -> str | None:
+def _beam_option(beam_args: list[str], name: str) -> str | None:
+    """The value of Beam option --name in beam_args (`--name=value` or `--name value`), or None."""
     for index, arg in enumerate(beam_args):
-        if arg.startswith("--runner="):
+        if arg.startswith(f"--{name}="):
             return arg.split("=", 1)[1]
-        if arg == "--runner" and index + 1 < len(beam_args):
+        if arg == f"--{name}" and index + 1 < len(beam_args):
             return beam_args[index + 1]
     return None
+
+
+def _runner_name(beam_args: list[str]) -> str | None:
+    return _beam_option(beam_args, "runner")
 
 
 def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
@@ -324,16 +330,20 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats | None:
     progress_dir = make_progress_dir() if show_progress else None
 
     reporter = None
+    worker_processes = _beam_option(beam_args, "direct_running_mode") == "multi_processing"
     try:
         pipeline, total_shards = build_pipeline(args, beam_args, progress_dir=progress_dir)
-        started = time.monotonic()
-        reporter = _ProgressReporter(progress_dir, total_shards, started) if progress_dir else None
-        if reporter:
-            reporter.start()
-        result = pipeline.run()
-        if not args.wait:
-            return None
-        result.wait_until_finish()
+        with worker_chatter_filtered(worker_processes and args.log_level != "debug") as terminal:
+            started = time.monotonic()
+            reporter = _ProgressReporter(progress_dir, total_shards, started, terminal) if progress_dir else None
+            if reporter:
+                reporter.start()
+            result = pipeline.run()
+            if not args.wait:
+                return None
+            result.wait_until_finish()
+            if reporter:
+                reporter.stop()
     finally:
         if reporter:
             reporter.stop()
@@ -438,4 +448,5 @@ class _ProgressReporter(threading.Thread):
 
     def stop(self) -> None:
         self._done.set()
-        self.join(timeout=5)
+        if self.is_alive():
+            self.join(timeout=5)

@@ -75,18 +75,22 @@ def test_version_and_defaults_in_help():
 
 # --- quiet logs ------------------------------------------------------------------------------------
 
-def test_a_clean_run_is_quiet(tmp_path):
+@pytest.mark.parametrize("runner_options", [[], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]],
+                         ids=["in-process", "two-worker-processes"])
+def test_a_clean_run_is_quiet(tmp_path, runner_options):
     source, out = tmp_path / "in", tmp_path / "out"
     assert cli.main(["make-sample", str(source)]) == 0
-    done = _run_cli("curate", str(source), "--output", str(out))  # stderr is a pipe, not a terminal
+    done = _run_cli("curate", str(source), "--output", str(out), *runner_options)  # stderr: a pipe
     assert done.returncode == 0, done.stderr
     everything = done.stdout + done.stderr
-    assert "\x1b[" not in everything and "apitools" not in everything
+    assert "\x1b[" not in everything and "apitools" not in everything and "sdk_worker" not in everything
     assert len(everything.strip().splitlines()) <= 15, everything
     assert done.stdout.strip().splitlines()[-1] == "reconciliation: 120 read = 120 written + 0 failed + 0 filtered: ok"
 
 
-def test_an_undecodable_image_is_named_once(tmp_path):
+@pytest.mark.parametrize("runner_options", [[], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]],
+                         ids=["in-process", "two-worker-processes"])
+def test_an_undecodable_image_is_named_once(tmp_path, runner_options):
     source = tmp_path / "in"
     source.mkdir()
     kind, corrupt_png = make_case(0, 24, base_images())  # sound headers, random IDAT data: DALI fails it
@@ -94,7 +98,7 @@ def test_an_undecodable_image_is_named_once(tmp_path):
     samples = make_samples(0, 4) + [Sample("broken", {"jpg": b"\xff\xd8\xff\xe0" + bytes(300), "txt": b"x"}),
                                     Sample("corrupt", {"png": corrupt_png})]
     write_tar(str(source / "a.tar"), samples)
-    done = _run_cli("curate", str(source), "--output", str(tmp_path / "out"))
+    done = _run_cli("curate", str(source), "--output", str(tmp_path / "out"), *runner_options)
     assert done.returncode == 0
     everything = done.stdout + done.stderr
     assert everything.count("broken.jpg") == 1 and everything.count("corrupt.png") == 1
