@@ -5,6 +5,7 @@
     python3 dev.py test    # set up, run the test suite (extra arguments go to pytest)
     python3 dev.py bench   # set up, run the benchmark (benchmarks/run.py; extra arguments go to it)
     python3 dev.py fuzz-decoder  # set up, run a crash-fuzz campaign on the decoder (tests/decoder_fuzz.py)
+    python3 dev.py gpu-check     # set up, run everything that needs an NVIDIA GPU (benchmarks/gpu_check.py)
     python3 dev.py setup   # only create .venv and install the package with its test extras
 
 Everything is installed into .venv from setup.py; it is reinstalled when setup.py changes.
@@ -86,6 +87,9 @@ def main() -> None:
         bench(rest)
     elif command == "fuzz-decoder":
         fuzz_decoder(rest)
+    elif command == "gpu-check":
+        setup()
+        _run(PYTHON, os.path.join("benchmarks", "gpu_check.py"), *rest)
     else:
         sys.exit(__doc__)
 

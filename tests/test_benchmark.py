@@ -23,3 +23,20 @@ def test_small_benchmark_runs_and_reconciles(tmp_path):
         assert result["contenders"][name]["images_per_s"] > 0
     assert set(result["ratios"]) == {"c/a", "c/b", "d/b"}
     assert "| (c) beam_curator CLI, bytes passed through |" in done.stdout
+
+
+def test_gpu_check_says_clearly_when_there_is_no_gpu(tmp_path):
+    import pytest
+
+    from beam_curator.decoding import cuda_device_count
+
+    if cuda_device_count():
+        pytest.skip("a GPU is visible: `python3 dev.py gpu-check` runs for real here")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--results",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "gpu-check: no CUDA device is visible to DALI on this machine" in done.stderr
+    assert os.listdir(tmp_path) == []  # nothing ran, nothing was written
+    via_dev = subprocess.run(["python3", os.path.join(ROOT, "dev.py"), "gpu-check", "--results", str(tmp_path)],
+                             capture_output=True, text=True, timeout=600)
+    assert via_dev.returncode == 2 and "no CUDA device" in via_dev.stderr

@@ -1,0 +1,97 @@
+"""Everything that needs an NVIDIA GPU, in one command (`python3 dev.py gpu-check`), under ten minutes:
+
+  1. the `gpu`-marked tests (DALI 'mixed' decoding, the reader on a GPU worker, the GPU crash-fuzz
+     campaign);
+  2. a larger GPU crash-fuzz campaign, through the decoder as the reader uses it on a GPU worker
+     (isolated in a child process) and in process;
+  3. the GPU benchmark: DALI 'mixed' decode-only vs `curate` on the GPU, with the CPU beside them
+     (benchmarks/gpu_decode.py).
+
+It prints one table and writes benchmarks/results/gpu-<date>.json. Where no CUDA device is visible it
+stops at once with exit status 2 and says so. The model half of the GPU check (a ViT-L/14-sized fp16
+ONNX model bare vs in the pipeline) waits for the embedding stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def _device_name() -> str | None:
+    """The first NVIDIA GPU's name, or None when DALI sees no CUDA device."""
+    from beam_curator.decoding import cuda_device_count
+
+    if cuda_device_count() == 0:
+        return None
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+        return names[0] if names else "an NVIDIA GPU"
+    except (OSError, subprocess.TimeoutExpired):
+        return "an NVIDIA GPU (nvidia-smi not found)"
+
+
+def _step(name: str, command: list[str], timeout: int) -> dict:
+    print(f"== {name}: {' '.join(command)}", flush=True)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        code, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as expired:
+        code, output = "timeout", f"{expired.stdout or ''}{expired.stderr or ''}"
+        output = output if isinstance(output, str) else output.decode(errors="replace")
+    seconds = time.perf_counter() - started
+    tail = "\n".join(output.strip().splitlines()[-6:])
+    print(tail, flush=True)
+    return {"name": name, "command": command, "exit": code, "seconds": round(seconds, 1), "tail": tail}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=2000, help="cases of each GPU crash-fuzz campaign")
+    parser.add_argument("--shards", type=int, default=8, help="benchmark shards of 250 images")
+    parser.add_argument("--results", default=RESULTS)
+    args = parser.parse_args(argv)
+    device = _device_name()
+    if device is None:
+        print("gpu-check: no CUDA device is visible to DALI on this machine; run it where an NVIDIA GPU "
+              "and its driver are (the CPU path is what `python3 dev.py test` checks)", file=sys.stderr)
+        return 2
+    python = sys.executable
+    os.makedirs(args.results, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%S")
+    bench_json = os.path.join(args.results, f"gpu-{stamp}-decode.json")
+    steps = [
+        _step("gpu tests", [python, "-m", "pytest", "-q", "-m", "gpu", "tests"], 240),
+        _step("fuzz, isolated", [python, "-m", "tests.decoder_fuzz", "--device", "gpu", "--mode",
+                                 "isolated-checked", "--cases", str(args.cases), "--seed", "11"], 150),
+        _step("fuzz, in process", [python, "-m", "tests.decoder_fuzz", "--device", "gpu", "--mode", "checked",
+                                   "--cases", str(args.cases), "--seed", "11"], 150),
+        _step("benchmark", [python, os.path.join("benchmarks", "gpu_decode.py"), "--shards", str(args.shards),
+                            "--rounds", "3", "--json", bench_json], 240),
+    ]
+    print(f"\ngpu-check on {device} ({platform.node()})")
+    print("| step | exit | seconds |\n|---|---|---|")
+    for step in steps:
+        print(f"| {step['name']} | {step['exit']} | {step['seconds']} |")
+    report = {"device": device, "host": platform.node(), "when": stamp, "steps": steps,
+              "benchmark": json.load(open(bench_json)) if os.path.exists(bench_json) else None}
+    path = os.path.join(args.results, f"gpu-{stamp}.json")
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=1)
+    print(f"wrote {path}")
+    return 0 if all(step["exit"] == 0 for step in steps) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
