@@ -32,5 +32,5 @@ setup(
         ],
         "bench": ["scikit-image>=0.22,<1"],
     },
-    entry_points={"console_scripts": ["beam-curator=beam_curator.cli:main"]},
+    entry_points={"console_scripts": ["beam-curator=beam_curator.cli:console_main"]},
 )

@@ -1,3 +1,3 @@
-from beam_curator.cli import main
+from beam_curator.cli import console_main
 
-raise SystemExit(main())
+console_main()
