@@ -119,9 +119,14 @@ def iter_samples(fileobj: BinaryIO, *, max_member_bytes: int | None = None) -> I
 
 
 def _seekable(fileobj: BinaryIO) -> bool:
+    """True for a file with cheap random access. Beam's CompressedFile (a `.gz`/`.bz2` shard) has
+    `seekable` as a property, and seeks by decompressing again: it is read as a stream."""
+    seekable = getattr(fileobj, "seekable", None)
+    if not callable(seekable):
+        return False
     try:
-        return bool(fileobj.seekable())
-    except (AttributeError, OSError, ValueError):
+        return bool(seekable())
+    except (OSError, ValueError):
         return False
 
 
