@@ -28,4 +28,4 @@ def test_wheel_holds_transforms_as_a_subpackage(tmp_path):
     assert "beam_curator/cli.py" in names
     assert not any(name.startswith(("transforms/", "tests/")) for name in names)
     entry_points = [name for name in names if name.endswith("entry_points.txt")]
-    assert "beam-curator = beam_curator.cli:main" in zipfile.ZipFile(tmp_path / wheel).read(entry_points[0]).decode()
+    assert "beam-curator = beam_curator.cli:console_main" in zipfile.ZipFile(tmp_path / wheel).read(entry_points[0]).decode()
