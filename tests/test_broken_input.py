@@ -407,3 +407,39 @@ def test_peak_memory_with_a_jpeg_claiming_30000x30000(tmp_path):
     peak_mb = int(lines[-1].split()[1]) / 1024
     print(f"peak RSS {peak_mb:.0f} MB")
     assert peak_mb < 500, f"peak RSS {peak_mb:.0f} MB"
+
+
+def test_corrupt_bz2_is_damage(tmp_path):
+    samples = [Sample(f"k{i}", {"jpg": encode(make_image(80 + i))}) for i in range(4)]
+    path = _damaged(tmp_path, "bad.tar.bz2", samples,
+                    lambda data: bz2.compress(data)[:100] + bytes(200) + bz2.compress(data)[300:])
+    images, (failure,) = read([path])
+    assert failure.scope == "shard" and failure.source == str(path)
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError(104, "Connection reset by peer"), TimeoutError("read"),
+                                   TypeError("a bug in the reader")])
+def test_errors_that_are_not_damage_fail_the_bundle_for_a_retry(tmp_path, monkeypatch, error):
+    from beam_curator.transforms import image_reader
+
+    path = write_tar(str(tmp_path / "s.tar"), [GOOD_BEFORE, GOOD_AFTER])
+
+    def broken(stream, **options):
+        yield from []
+        raise error
+
+    monkeypatch.setattr(image_reader, "iter_samples", broken)
+    with pytest.raises(type(error)):  # not a "shard damaged" record: Beam retries, then fails loudly
+        read([path])
+
+
+def test_what_counts_as_damage():
+    import tarfile
+    import zlib
+
+    from beam_curator.transforms.image_reader import is_shard_damage
+
+    damaged = [tarfile.ReadError("bad"), EOFError(), zlib.error("x"), FileNotFoundError(2, "gone"),
+               OSError("Invalid data stream")]
+    transient = [ConnectionResetError(104, "reset"), TimeoutError(), PermissionError(13, "denied"), ValueError()]
+    assert all(is_shard_damage(e) for e in damaged) and not any(is_shard_damage(e) for e in transient)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import lzma
 import os
+import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -36,11 +40,26 @@ from beam_curator.webdataset import (
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .metrics import counter
 
-__all__ = ["FAILURES_TAG", "ImageReaderStage"]
+__all__ = ["FAILURES_TAG", "ImageReaderStage", "is_shard_damage"]
 
 _LOG = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 2.0
 FAILURES_TAG = "failures"
+
+
+_DAMAGE = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, FileNotFoundError,
+           IsADirectoryError, NotADirectoryError)
+
+
+def is_shard_damage(error: BaseException) -> bool:
+    """True when reading a shard failed because of the shard itself (a broken tar or compressed
+    stream, or no such file), which no retry can fix; False for anything else (a dropped connection, a
+    timeout, a bug), which must fail the bundle so that Beam retries it."""
+    if isinstance(error, _DAMAGE):
+        return True
+    if type(error) is OSError and error.errno is None:  # bz2 "Invalid data stream" and the like
+        return True
+    return getattr(error, "code", None) == 404  # object stores' "not found" (Beam's S3 client)
 
 
 def _too_large(size: int, max_member_bytes: int) -> tuple[str, str]:
@@ -217,7 +236,10 @@ class _ReadImagesFn(beam.DoFn):
                                 if self._progress:
                                     self._progress.add_images(1)
                             yield result
-            except Exception as error:  # any damage to the shard: keep what was read before it
+            except Exception as error:
+                if not is_shard_damage(error):
+                    raise  # a transient storage error or a bug: Beam retries the bundle, then fails loudly
+                # the shard itself is damaged or missing: keep what was read before the damage
                 yield self._record(url, "", "", "shard", type(error).__name__,
                                    f"{error or 'unreadable'} (after {samples} sample(s) read)")
             counter("shards_read").inc()
