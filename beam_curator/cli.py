@@ -50,6 +50,7 @@ class RunStats:
     tars_written: int
     seconds: float
     images_per_second: float
+    images_decoded_by_pillow: int = 0  # DALI refused them, or their structure kept them from DALI
 
     @property
     def reconciles(self) -> bool:
@@ -407,6 +408,7 @@ def _stats_from_metrics(result, total_shards: int, seconds: float) -> RunStats:
         tars_written=values.get("tars_written", 0),
         seconds=round(seconds, 3),
         images_per_second=round(written / seconds, 2) if seconds > 0 else 0.0,
+        images_decoded_by_pillow=values.get("images_decoded_by_pillow", 0),
     )
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from beam_curator.image_structure import dali_problem
 
 __all__ = [
-    "BackgroundSubmit",
+    "DecoderBase",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DaliImageDecoder",
     "ImageDecodeError",
@@ -139,11 +139,24 @@ def _pillow_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-class BackgroundSubmit:
-    """`submit(images)`: decode() on one background thread per decoder, in the order submitted."""
+class DecoderBase:
+    """What every decoder shares: `submit(images)` runs decode() on one background thread per decoder,
+    in the order submitted; `take_pillow_count()` says how many images Pillow decoded since last asked
+    (DALI refused them, or their structure kept them from DALI)."""
 
     _executor: ThreadPoolExecutor | None = None
     _executor_lock = threading.Lock()  # not a decoder's own lock: that one is held while it decodes
+    _pillow_decoded = 0
+    _count_lock = threading.Lock()
+
+    def take_pillow_count(self) -> int:
+        with self._count_lock:
+            count, self._pillow_decoded = self._pillow_decoded, 0
+        return count
+
+    def _count_pillow(self, count: int = 1) -> None:
+        with self._count_lock:
+            self._pillow_decoded += count
 
     def submit(self, images: Sequence[bytes]) -> Future:
         """Start decoding `images` in the background; the future's result is what decode() returns.
@@ -159,7 +172,7 @@ class BackgroundSubmit:
         raise NotImplementedError
 
 
-class DaliImageDecoder(BackgroundSubmit):
+class DaliImageDecoder(DecoderBase):
     """A DALI pipeline that decodes batches of encoded images to HxWx3 uint8 RGB arrays.
 
     Thread-safe: Beam runs one DoFn instance per harness thread and they share one decoder per
@@ -219,6 +232,8 @@ class DaliImageDecoder(BackgroundSubmit):
                 checked.append(index)
             else:
                 results[index] = _decode_with_pillow_only(data, problem)
+                if isinstance(results[index], np.ndarray):
+                    self._count_pillow()
         for start in range(0, len(checked), self.batch_size):
             indexes = checked[start : start + self.batch_size]
             decoded = self._decode_checked([images[index] for index in indexes])
@@ -259,6 +274,7 @@ class DaliImageDecoder(BackgroundSubmit):
                 except ImageDecodeError as pillow_error:
                     results.append(ImageDecodeError(f"DALI: {dali_reason}; Pillow: {pillow_error}"))
                     continue
+                self._count_pillow()
             results.append(pixels)
         return results
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from beam_curator.decoding import BackgroundSubmit, ImageDecodeError
+from beam_curator.decoding import DecoderBase, ImageDecodeError
 
 __all__ = ["DecoderProcessDied", "IsolatedDecoder"]
 
@@ -81,7 +81,7 @@ def _receive(stream) -> dict:
     return json.loads(_read_exactly(stream, size))
 
 
-class IsolatedDecoder(BackgroundSubmit):
+class IsolatedDecoder(DecoderBase):
     """A DaliImageDecoder in a child process; thread-safe, one batch in flight at a time."""
 
     def __init__(self, *, batch_size: int, num_threads: int, use_gpu: bool, device_id: int = 0,
@@ -174,6 +174,7 @@ class IsolatedDecoder(BackgroundSubmit):
     def _results_from(self, reply: dict, pid: int) -> list[np.ndarray | ImageDecodeError]:
         """Arrays viewing the reply's shared-memory segment, and ImageDecodeErrors."""
         whole = None
+        self._count_pillow(reply["pillow"])
         for segment in reply["dropped"]:
             self._segments.pop(segment, None)
         if reply["segment"] is not None:
@@ -288,7 +289,8 @@ def _serve(options: dict) -> None:
             else:
                 layout.append({"shape": list(result.shape), "offset": total})
                 total += result.nbytes
-        reply = {"results": layout, "bytes": total, "segment": None, "path": None}
+        reply = {"results": layout, "bytes": total, "segment": None, "path": None,
+                 "pillow": decoder.take_pillow_count()}
         if total:
             reply["segment"], whole, reply["path"] = segments.take(total)
         reply["dropped"], segments.dropped = segments.dropped, []

@@ -443,3 +443,42 @@ def test_what_counts_as_damage():
                OSError("Invalid data stream")]
     transient = [ConnectionResetError(104, "reset"), TimeoutError(), PermissionError(13, "denied"), ValueError()]
     assert all(is_shard_damage(e) for e in damaged) and not any(is_shard_damage(e) for e in transient)
+
+
+def test_failure_threshold_fails_the_job_above_it(tmp_path):
+    from tests.helpers import run_pipeline
+
+    from beam_curator.transforms import FilePartitioningStage
+    from beam_curator.transforms.image_reader import FailureThresholdExceeded
+
+    source = tmp_path / "in"
+    source.mkdir()
+    bad = [Sample(f"bad{i}", {"jpg": b"\xff\xd8\xff\xe0" + bytes(100)}) for i in range(2)]
+    write_tar(str(source / "a.tar"), [GOOD_BEFORE, *bad, GOOD_AFTER])  # 2 of 4 samples fail
+
+    def build(threshold):
+        def pipeline_of(pipeline):
+            reader = ImageReaderStage(dali_batch_size=4, num_threads=1).with_exception_handling(threshold=threshold)
+            pipeline | FilePartitioningStage(str(source)) | reader
+        return pipeline_of
+
+    run_pipeline(build(0.5))  # exactly at the threshold: fine
+    with pytest.raises(Exception, match="2 of 4 samples failed") as raised:
+        run_pipeline(build(0.4))
+    assert "FailureThresholdExceeded" in repr(raised.value) or isinstance(raised.value, FailureThresholdExceeded)
+    with pytest.raises(ValueError, match="threshold"):
+        ImageReaderStage().with_exception_handling(threshold=1.5)
+
+
+def test_pillow_decodes_are_counted(tmp_path):
+    from beam_curator import cli
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    gif = Sample("gif", {"gif": encode(make_image(90), "GIF")})
+    write_tar(str(source / "a.tar"), [GOOD_BEFORE, gif, GOOD_AFTER])
+    assert cli.main(["curate", str(source), "--output", str(out), "--no-progress"]) == 0
+    import json
+
+    stats = json.loads((out / "_stats.json").read_text())
+    assert stats["images_decoded_by_pillow"] == 1 and stats["images_written"] == 3

@@ -42,6 +42,9 @@ def test_decodes_exactly_as_in_process(decoder, reference):
     assert isinstance(results[12], ImageDecodeError) and "not given to DALI" in str(results[12])
     np.testing.assert_array_equal(results[13], reference[0])
     assert decoder.submit(IMAGES[:3]).result()[2].shape == reference[2].shape
+    assert decoder.take_pillow_count() == 0
+    gif = decoder.decode([encode(make_image(40), "GIF"), IMAGES[1]])
+    assert gif[0].shape == (64, 96, 3) and decoder.take_pillow_count() == 1 and decoder.take_pillow_count() == 0
 
 
 def test_shared_memory_is_reused_once_the_arrays_are_gone(decoder, reference):

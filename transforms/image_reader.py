@@ -40,7 +40,7 @@ from beam_curator.webdataset import (
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .metrics import counter
 
-__all__ = ["FAILURES_TAG", "ImageReaderStage", "is_shard_damage"]
+__all__ = ["FAILURES_TAG", "FailureThresholdExceeded", "ImageReaderStage", "is_shard_damage"]
 
 _LOG = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 2.0
@@ -203,6 +203,9 @@ class _ReadImagesFn(beam.DoFn):
             return WindowedValue(value, submitted.timestamp, [submitted.window])
 
         results = submitted.future.result() if submitted.future is not None else []
+        by_pillow = self._handle.decoder.take_pillow_count()
+        if by_pillow:
+            counter("images_decoded_by_pillow").inc(by_pillow)
         batch, failures = self._decoded_batch(submitted, results)
         for failure in failures:
             for output in self._fail(failure):
@@ -359,6 +362,18 @@ class _ProgressFile:
         self._written_at = time.monotonic()
 
 
+class FailureThresholdExceeded(RuntimeError):
+    """More samples failed than with_exception_handling(threshold=...) allows."""
+
+
+def _check_failure_ratio(decoded: int, failed: int, threshold: float) -> None:
+    total = decoded + failed
+    if total and failed / total > threshold:
+        raise FailureThresholdExceeded(
+            f"{failed} of {total} samples failed ({failed / total:.1%}), over the threshold of {threshold:.1%} "
+            "set with with_exception_handling(threshold=...); the failure records say why")
+
+
 class ImageReaderStage(beam.PTransform):
     """Read WebDataset shards and decode their images with NVIDIA DALI.
 
@@ -422,11 +437,20 @@ class ImageReaderStage(beam.PTransform):
             raise ValueError(f"isolate_decoder must be None (on the GPU only), True or False, got {isolate_decoder!r}")
         self.isolate_decoder = isolate_decoder
         self._with_failures = False
+        self._threshold = 1.0
         self._shared_handle = shared.Shared()
 
-    def with_exception_handling(self) -> ImageReaderStage:
-        """Make the stage return (batches, failures): ImageBatches and FailureRecords."""
+    def with_exception_handling(self, *, threshold: float = 1.0) -> ImageReaderStage:
+        """Make the stage return (batches, failures): ImageBatches and FailureRecords.
+
+        threshold: as Beam's own with_exception_handling, the highest fraction of samples that may
+        fail; above it the job fails once everything is read (FailureThresholdExceeded). 1.0, the
+        default, never fails the job.
+        """
+        if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be a fraction from 0 to 1, got {threshold!r}")
         self._with_failures = True
+        self._threshold = float(threshold)
         return self
 
     def expand(self, tasks):
@@ -435,7 +459,16 @@ class ImageReaderStage(beam.PTransform):
         if not self._with_failures:
             return tasks | "ReadAndDecode" >> read
         outputs = tasks | "ReadAndDecode" >> read.with_outputs(FAILURES_TAG, main="batches")
-        return outputs.batches, outputs[FAILURES_TAG]
+        batches, failures = outputs.batches, outputs[FAILURES_TAG]
+        if self._threshold < 1.0:
+            failed = (failures | "FailedSamples" >> beam.Filter(lambda record: record.scope == "sample")
+                      | "CountFailed" >> beam.combiners.Count.Globally())
+            (batches
+             | "DecodedImages" >> beam.Map(lambda batch: batch.num_items)
+             | "CountDecoded" >> beam.CombineGlobally(sum)
+             | "CheckFailureRatio" >> beam.Map(_check_failure_ratio, failed=beam.pvalue.AsSingleton(failed),
+                                               threshold=self._threshold))
+        return batches, failures
 
     def display_data(self):
         return {
