@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fail images whose header claims more pixels (default: Pillow's bomb limit)")
     reader.add_argument("--max-member-bytes", type=int, default=DEFAULT_MAX_MEMBER_BYTES,
                         help="fail tar members larger than this, unread")
+    reader.add_argument("--max-failed-fraction", type=float, default=1.0,
+                        help="fail the job when more than this fraction of the samples failed "
+                        "(ImageReaderStage.with_exception_handling(threshold); 1.0: never)")
     reader.add_argument("--isolate-decoder", choices=sorted(_ISOLATE_DECODER), default="auto",
                         help="decode in a child process, so a native decoder crash fails one image "
                         "(auto: on the GPU only)")
@@ -222,6 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"beam-curator: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        # Runners that run workers elsewhere re-raise it as a RuntimeError holding its text.
+        if "FailureThresholdExceeded" not in f"{type(error).__name__}: {error}":
+            raise
+        message = next((line for line in str(error).splitlines() if "samples failed" in line), str(error))
+        print(f"beam-curator: error: {message.split('FailureThresholdExceeded: ')[-1]}", file=sys.stderr)
+        return 4
     if stats is None:
         print("submitted; the summary is not available without --wait")
         return 0
@@ -312,7 +322,8 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     total_shards = sum(len(task.data) for task in partitioning.partitions())
     _prepare_failures_dir(args.output, overwrite=args.overwrite)
     # ImageBatch, fused with the writer: pixels never cross a shuffle
-    batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling()
+    batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling(
+        threshold=args.max_failed_fraction)
     # FileGroupTask of each committed tar + parquet pair
     _, write_failures = batches | "ImageWriter" >> writer.with_exception_handling()
     (read_failures, write_failures) | "AllFailures" >> beam.Flatten() | "WriteFailures" >> WriteFailures(args.output)

@@ -226,3 +226,15 @@ def test_output_format_is_validated(value):
 
     with pytest.raises(ValueError, match="output_format"):
         ImageWriterStage("out", output_format=value)
+
+
+def test_max_failed_fraction_stops_a_run_that_fails_too_much(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    bad = [Sample(f"bad{i}", {"jpg": b"\xff\xd8\xff\xe0" + bytes(100)}) for i in range(3)]
+    write_tar(str(source / "a.tar"), make_samples(0, 3) + bad)  # half of the samples fail
+    done = _run_cli("curate", str(source), "--output", str(tmp_path / "out"), "--max-failed-fraction", "0.2")
+    assert done.returncode == 4
+    assert "beam-curator: error: 3 of 6 samples failed (50.0%), over the threshold of 20.0%" in done.stderr
+    assert cli.main(["curate", str(source), "--output", str(tmp_path / "ok"), "--no-progress",
+                     "--max-failed-fraction", "0.5"]) == 0
