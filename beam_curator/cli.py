@@ -19,7 +19,7 @@ from beam_curator.leftovers import find_leftovers, make_progress_dir, remove_sta
 from beam_curator.worker_output import worker_chatter_filtered
 from beam_curator.webdataset import DEFAULT_MAX_MEMBER_BYTES
 
-__all__ = ["RunStats", "build_parser", "build_pipeline", "build_stages", "console_main", "curate", "main"]
+__all__ = ["RunStats", "build_parser", "build_pipeline", "build_stages", "console_main", "curate", "curate_parser", "main"]
 
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def curate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `curate` subcommand's parser inside the one build_parser() returns."""
+    (subparsers,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return subparsers.choices["curate"]
+
+
 def unknown_options(beam_args: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
     """Messages for the options in beam_args that neither `curate` nor Beam's PipelineOptions knows,
     each with the closest known option; empty when all are known. Imports no Beam."""
@@ -151,8 +157,8 @@ def unknown_options(beam_args: Sequence[str], parser: argparse.ArgumentParser) -
 
     from beam_curator.beam_options import BEAM_OPTIONS
 
-    curate = parser._subparsers._group_actions[0].choices["curate"]
-    ours = [option for action in curate._actions for option in action.option_strings if option.startswith("--")]
+    ours = [option for action in curate_parser(parser)._actions for option in action.option_strings
+            if option.startswith("--")]
     known = ours + [f"--{name}" for name in sorted(BEAM_OPTIONS)]
     messages = []
     for token in beam_args:
@@ -371,7 +377,7 @@ def curate(args: argparse.Namespace, beam_args: list[str]) -> RunStats | None:
                 return None
             result.wait_until_finish()
             if reporter:
-                reporter.stop()
+                reporter.stop()  # before the with block closes the stream it writes to
     finally:
         if reporter:
             reporter.stop()

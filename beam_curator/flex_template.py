@@ -20,9 +20,8 @@ _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no", ""}
 
 
 def _curate_actions() -> list[argparse.Action]:
-    parser = cli.build_parser()
-    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return [a for a in subparsers.choices["curate"]._actions if not isinstance(a, argparse._HelpAction)]
+    actions = cli.curate_parser(cli.build_parser())._actions
+    return [a for a in actions if not isinstance(a, argparse._HelpAction)]
 
 
 # CLI options about the terminal the CLI runs in, which a template launcher does not have.
