@@ -5,26 +5,35 @@ The data model is imported eagerly; the Beam stages (which import Apache Beam) o
 
 from __future__ import annotations
 
-from beam_curator.tasks import DocumentBatch, FileGroupTask, ImageBatch, ImageObject, StagePerf, Task
+from beam_curator.tasks import BatchOrigin, DocumentBatch, FileGroupTask, ImageBatch, ImageObject, StagePerf, Task
 
 __all__ = [
+    "BatchOrigin",
     "ConvertImageBatchToDocumentBatchStage",
+    "CurationStage",
     "DocumentBatch",
     "FilePartitioningStage",
     "FileGroupTask",
+    "FilterImages",
     "ImageBatch",
     "ImageObject",
     "ImageReaderStage",
     "ImageWriterStage",
+    "RunStats",
+    "ScoreImages",
     "StagePerf",
     "Task",
     "WriteDocumentBatchesToParquet",
+    "curate",
 ]
 
 __version__ = "0.1.0"
 
 _STAGES = {
     "ConvertImageBatchToDocumentBatchStage",
+    "CurationStage",
+    "FilterImages",
+    "ScoreImages",
     "FilePartitioningStage",
     "ImageReaderStage",
     "ImageWriterStage",
@@ -33,6 +42,14 @@ _STAGES = {
 
 
 def __getattr__(name: str):
+    if name == "curate":
+        from beam_curator.job import curate
+
+        return curate
+    if name == "RunStats":
+        from beam_curator.stats import RunStats
+
+        return RunStats
     if name in _STAGES:
         from beam_curator import transforms
 

@@ -59,6 +59,10 @@ def to_cli_args(argv: Sequence[str]) -> list[str]:
                 args.append(_flag(action))
             elif isinstance(action, argparse.BooleanOptionalAction):
                 args.append(f"--no-{_flag(action)[2:]}")
+        elif isinstance(action, argparse._AppendAction):  # --stage: a comma-separated list
+            for item in value.split(","):
+                if item.strip():
+                    args += [_flag(action), item.strip()]
         else:
             args += [_flag(action), value]
     return [*args, *beam_args]

@@ -1,16 +1,21 @@
-"""The parquet metadata written beside each output tar: one typed row per image."""
+"""The parquet metadata written beside each output tar: one typed row per image.
+
+The schema is open to scores: a stage that stores a score under a column of its own (ImageObject.scores,
+see beam_curator.transforms.stages.ScoreImages) gets a float64 column of that name after the fixed
+ones, sorted by name, in every parquet whose images have it. Nothing here needs editing for it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from beam_curator.tasks import ImageObject
 
-__all__ = ["METADATA_SCHEMA", "MetadataRow", "rows_to_table"]
+__all__ = ["METADATA_SCHEMA", "MetadataRow", "check_score_column", "rows_to_table"]
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -50,6 +55,7 @@ class MetadataRow:
     embedding: list[float] | None
     caption: str | None
     metadata: str
+    scores: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def for_image(
@@ -74,10 +80,30 @@ class MetadataRow:
             embedding=embedding,
             caption=obj.caption,
             metadata=obj.metadata_json(),
+            scores={name: None if value is None else float(value) for name, value in obj.scores.items()},
         )
 
 
+_NEMO_SCORES = ("aesthetic_score", "nsfw_score")  # ImageObject attributes with columns of their own
+
+
+def check_score_column(column: str) -> str:
+    """column, if a stage may store scores under it: a new name, or one of NeMo Curator's score columns
+    (`aesthetic_score`, `nsfw_score`, kept on their ImageObject attributes). ValueError otherwise."""
+    if not isinstance(column, str) or not column.isidentifier():
+        raise ValueError(f"a score column must be a name like 'clip_score', got {column!r}")
+    if column in METADATA_SCHEMA.names and column not in _NEMO_SCORES:
+        raise ValueError(f"{column!r} is one of the parquet's fixed columns {METADATA_SCHEMA.names}; choose "
+                         "another name for the score")
+    return column
+
+
 def rows_to_table(rows: Sequence[MetadataRow]) -> pa.Table:
-    """A pyarrow Table in METADATA_SCHEMA, rows in the order given."""
+    """A pyarrow Table in METADATA_SCHEMA plus a float64 column per score the rows carry (sorted by
+    name; null where a row lacks it), rows in the order given."""
     columns = {name: [getattr(row, name) for row in rows] for name in METADATA_SCHEMA.names}
-    return pa.Table.from_pydict(columns, schema=METADATA_SCHEMA)
+    schema = METADATA_SCHEMA
+    for name in sorted({name for row in rows for name in row.scores}):
+        columns[name] = [row.scores.get(name) for row in rows]
+        schema = schema.append(pa.field(name, pa.float64()))
+    return pa.Table.from_pydict(columns, schema=schema)

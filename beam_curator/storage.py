@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import glob as _glob
-from collections.abc import Iterable
+import posixpath
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["create", "delete_tree", "has_glob", "join", "match_files", "open_read", "rename_if_present"]
+__all__ = ["create", "delete_tree", "has_glob", "join", "match_files", "open_read", "rename_if_present", "rename_many",
+           "write_atomically"]
+
+RENAMES_PER_CALL = 100  # one FileSystems.rename call (a batch request on gs://)
+RENAME_THREADS = 16
 
 
 def has_glob(path: str) -> bool:
@@ -44,6 +51,55 @@ def rename_if_present(source: str, destination: str) -> bool:
         raise FileNotFoundError(f"neither {source} nor its final name {destination} exists")
     FileSystems.rename([source], [destination])
     return True
+
+
+def write_atomically(path: str, data: bytes) -> str:
+    """Write data to path all at once or not at all: to a temporary name of its own beside it (unique
+    per call, so concurrent attempts never share one), then renamed over path. Readers see the old
+    file or the new one, never a part. The one way this project writes a small file."""
+    directory, name = posixpath.split(path)
+    temporary = join(directory, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+    with create(temporary) as handle:
+        handle.write(data)
+    if "://" in path and FileSystems.exists(path):
+        FileSystems.delete([path])  # object stores' rename (copy + delete) does not replace
+    FileSystems.rename([temporary], [path])
+    return path
+
+
+def rename_many(pairs: Sequence[tuple[str, str]]) -> int:
+    """Rename (source, destination) pairs, in batches of RENAMES_PER_CALL on RENAME_THREADS threads;
+    pairs whose source is gone and destination present (done by an earlier try) are skipped, so it
+    can be repeated. The number renamed. A source and destination both missing is an error."""
+    pairs = list(pairs)
+    if not pairs:
+        return 0
+    present = _existing(source for source, _ in pairs)
+    todo = [(source, destination) for source, destination in pairs if source in present]
+    missing = [pair for pair in pairs if pair[0] not in present]
+    if missing:
+        done = _existing(destination for _, destination in missing)
+        lost = [pair for pair in missing if pair[1] not in done]
+        if lost:
+            raise FileNotFoundError(f"neither {lost[0][0]} nor its final name {lost[0][1]} exists"
+                                    + (f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""))
+    chunks = [todo[start:start + RENAMES_PER_CALL] for start in range(0, len(todo), RENAMES_PER_CALL)]
+    with ThreadPoolExecutor(max_workers=min(RENAME_THREADS, max(1, len(chunks)))) as pool:
+        for _ in pool.map(lambda chunk: FileSystems.rename([s for s, _ in chunk], [d for _, d in chunk]), chunks):
+            pass
+    return len(todo)
+
+
+def _existing(paths: Iterable[str]) -> set[str]:
+    """Which of paths exist, with one listing per directory rather than one request per file."""
+    by_directory: dict[str, set[str]] = {}
+    for path in paths:
+        by_directory.setdefault(path.rsplit("/", 1)[0], set()).add(path)
+    found: set[str] = set()
+    for directory, wanted in by_directory.items():
+        listed = set(match_files(join(directory, "*")))
+        found |= wanted & listed
+    return found
 
 
 def delete_tree(paths: Iterable[str]) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "BatchOrigin",
     "DocumentBatch",
     "FileGroupTask",
     "ImageBatch",
@@ -26,11 +27,33 @@ __all__ = [
 
 @dataclass
 class StagePerf:
-    """One stage's work on one task: wall seconds spent and items handled."""
+    """One stage's work on one task: wall seconds spent, items handled, and what it counted.
+
+    counts are the stage's own figures for this task (a curation stage: `in`, `kept`, `dropped`,
+    `failed`; the reader: `samples_read`, `decoded`, `failed`, ...). They travel with the batch to the
+    writer, which sums them into the job's `_stats.json`: counts are data, not metrics.
+    """
 
     stage: str
     seconds: float
     items: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchOrigin:
+    """Where an ImageBatch comes from, which the writer needs to pack and name its tars.
+
+    partition: the index of the reader's input partition (a FileGroupTask).
+    batch_index: the batch's place in its partition, from 0.
+    last: True on the partition's last batch (the writer then closes the partition's last tar).
+    source_files: the partition's shards; the output names digest them.
+    """
+
+    partition: int
+    batch_index: int
+    last: bool
+    source_files: tuple[str, ...]
 
 
 @dataclass
@@ -47,8 +70,9 @@ class Task:
     def num_items(self) -> int:
         return len(self.data) if self.data is not None else 0
 
-    def add_stage_perf(self, stage: str, seconds: float, items: int) -> None:
-        self._stage_perf.append(StagePerf(stage=stage, seconds=float(seconds), items=int(items)))
+    def add_stage_perf(self, stage: str, seconds: float, items: int, counts: dict[str, int] | None = None) -> None:
+        self._stage_perf.append(StagePerf(stage=stage, seconds=float(seconds), items=int(items),
+                                          counts=dict(counts or {})))
 
     def validate(self) -> bool:
         return True
@@ -88,6 +112,9 @@ class ImageObject:
     companions: dict[str, bytes] = field(default_factory=dict)  # extension -> raw member bytes
     width: int | None = None
     height: int | None = None
+    # Scores a stage stored under a parquet column of its choosing (see ScoreImages); aesthetic_score
+    # and nsfw_score keep NeMo Curator's attributes.
+    scores: dict[str, float] = field(default_factory=dict)
     decoded_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -126,9 +153,30 @@ def _json_default(value: Any) -> Any:
 
 @dataclass
 class ImageBatch(Task):
-    """A batch of ImageObjects."""
+    """A batch of ImageObjects.
+
+    origin: where the batch comes from (set by ImageReaderStage; the writer needs it). A stage that
+    builds a new batch keeps it with `batch.with_images(objects)`.
+    records: FilterRecords and FailureRecords of images that stages after the reader dropped or
+    failed; they travel with the batch and the writer emits them (see beam_curator.transforms.stages).
+    """
 
     data: list[ImageObject] = field(default_factory=list)
+    origin: BatchOrigin | None = None
+    records: list[Any] = field(default_factory=list)
+
+    def with_images(self, objects: list[ImageObject], *, records: list[Any] | None = None) -> ImageBatch:
+        """A new batch of `objects` with this batch's id, origin, metadata, stage timings and records
+        (plus `records`, if given): how a stage replaces, drops or splits images and stays writable."""
+        return ImageBatch(
+            task_id=self.task_id,
+            dataset_name=self.dataset_name,
+            data=list(objects),
+            _metadata=dict(self._metadata),
+            _stage_perf=list(self._stage_perf),
+            origin=self.origin,
+            records=[*self.records, *(records or [])],
+        )
 
     def validate(self) -> bool:
         """Check ids are non-empty and unique and every image_data is HxWx3 uint8."""

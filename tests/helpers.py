@@ -155,7 +155,7 @@ def curate(input_dir: str, output_dir: str, *, reader=None, writer=None, stage=N
         )
         if stage is not None:
             batches = batches | stage
-        files = batches | ImageWriterStage(output_dir, **(writer or {}))
+        files = (batches | ImageWriterStage(output_dir, **(writer or {}))).files
         if collect_dir:
             collect_to(files, collect_dir)
 

@@ -17,7 +17,7 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils import shared
 from PIL import Image
 
-from beam_curator.failures import FailureRecord
+from beam_curator.records import FailureRecord
 from beam_curator.tasks import FileGroupTask, ImageBatch
 from beam_curator.transforms import ImageReaderStage
 from beam_curator.transforms.image_reader import _ReadImagesFn

@@ -7,11 +7,11 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from beam_curator import cli
+from beam_curator import cli, progress
 
 
 def test_make_sample_then_curate_reconciles(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "PROGRESS_EVERY_S", 0.05)
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.05)
     source, out = str(tmp_path / "sample"), str(tmp_path / "out")
     assert cli.main(["make-sample", source, "--shards", "2", "--images-per-shard", "6"]) == 0
     assert sorted(os.listdir(source)) == ["sample-000000.tar", "sample-000001.tar"]
@@ -89,7 +89,7 @@ def test_progress_reporter_sums_worker_files(tmp_path):
     first.add_shard()
     second.add_images(2)
     second.flush()
-    reporter = cli._ProgressReporter(str(tmp_path), 4, 0.0)
+    reporter = progress.ProgressReporter(str(tmp_path), 4, 0.0)
     assert reporter.read() == (1, 7)
 
 

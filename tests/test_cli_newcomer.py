@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_curator import cli, leftovers
+from beam_curator import cli, leftovers, progress
 from beam_curator.beam_options import BEAM_OPTIONS
 from beam_curator.decoding import decode_with_pillow
 from tests.decoder_fuzz import base_images, make_case
@@ -116,17 +116,17 @@ class _Terminal(io.StringIO):
 def test_progress_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
     from beam_curator.transforms.image_reader import _ProgressFile
 
-    progress = _ProgressFile(str(tmp_path))
-    progress.add_images(30)
-    progress.add_shard()
+    totals = _ProgressFile(str(tmp_path))
+    totals.add_images(30)
+    totals.add_shard()
     terminal = _Terminal()
-    reporter = cli._ProgressReporter(str(tmp_path), 4, time.monotonic() - 10, stream=terminal)
+    reporter = progress.ProgressReporter(str(tmp_path), 4, time.monotonic() - 10, stream=terminal)
     reporter.start()
     time.sleep(1.5)
     reporter.stop()
     shown = terminal.getvalue()
     assert "1/4" in shown and "25%" in shown and "30 images" in shown and "images/s" in shown
-    line = cli._ProgressReporter(str(tmp_path), 4, time.monotonic() - 10).line(1, 30)
+    line = progress.ProgressReporter(str(tmp_path), 4, time.monotonic() - 10).line(1, 30)
     assert line.startswith("progress: 1/4 shards (25%), 30 images, 3.0 images/s, ETA 0:00:30")
 
 

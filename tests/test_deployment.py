@@ -55,7 +55,8 @@ def test_metadata_and_cli_options_agree_both_ways():
         assert parameter["isOptional"] == (name not in ("inputs", "output"))
         assert parameter["helpText"] and parameter["label"]
         is_bool = isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction))
-        examples = ["true", "false"] if is_bool else [str(action.default)] if action.default is not None else ["gs://b/x"]
+        examples = (["true", "false"] if is_bool else [str(action.default)] if action.default is not None
+                    else ["my_filters:drop_small,m.sub:make"] if name == "stage" else ["gs://b/x"])
         for example in examples:  # the regexes accept the CLI's own defaults
             assert any(re.match(regex, example) for regex in parameter["regexes"]), (name, example)
 

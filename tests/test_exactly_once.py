@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.utils import shared
 
-from beam_curator import storage
+from beam_curator import commit, storage
 from beam_curator.tasks import FileGroupTask
 from beam_curator.transforms import ImageReaderStage, ImageWriterStage
 from beam_curator.transforms import image_writer
@@ -71,15 +71,16 @@ def test_writer_failing_on_first_attempts_is_retried_exactly_once(tmp_path, make
 def test_crash_between_tar_and_parquet_rename_is_finished_by_the_retry(tmp_path, make_dataset, monkeypatch):
     dataset = make_dataset(shards=2, per_shard=5)
     crashed = []
-    real_rename = storage.rename_if_present
+    real_rename = storage.rename_many
 
-    def crashing_rename(source, destination):
-        if destination.endswith(".parquet") and not crashed:
-            crashed.append(destination)
-            raise OSError("injected crash after the tar was renamed")
-        return real_rename(source, destination)
+    def crashing_rename(pairs):
+        if pairs and pairs[0][1].endswith(".parquet") and not crashed:
+            crashed.append(pairs[0][1])
+            real_rename(pairs[:1])  # one parquet made it, the others did not
+            raise OSError("injected crash after the tars were renamed")
+        return real_rename(pairs)
 
-    monkeypatch.setattr(image_writer.storage, "rename_if_present", crashing_rename)
+    monkeypatch.setattr(commit.storage, "rename_many", crashing_rename)
     out = str(tmp_path / "out")
     curate(dataset.directory, out, writer={"images_per_tar": 2}, extra_options=RETRYING_RUNNER)
     assert len(crashed) == 1
@@ -106,7 +107,7 @@ def _written_shards(dataset, tmp_path, **writer_options):
 def test_finalize_twice_succeeds_and_changes_nothing(tmp_path, make_dataset):
     dataset = make_dataset(shards=2, per_shard=5)
     writer, temp_dir, records = _written_shards(dataset, tmp_path, images_per_tar=2)
-    finalize = image_writer._FinalizeFn(writer.output_dir, temp_dir, overwrite=False)
+    finalize = image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False)
     first = list(finalize.process(records))
     digests = _digests(writer.output_dir)
     second = list(finalize.process(records))
@@ -122,7 +123,7 @@ def test_finalize_ignores_attempts_that_were_not_committed(tmp_path, make_datase
     stray = storage.join(temp_dir, "failed-attempt", os.path.basename(records[0].temp_tar))
     with storage.create(stray) as handle:
         handle.write(b"partial")
-    list(image_writer._FinalizeFn(writer.output_dir, temp_dir, overwrite=False).process(records))
+    list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(records))
     assert_exactly_once(writer.output_dir, dataset)
 
 
@@ -130,4 +131,4 @@ def test_two_commits_of_one_name_are_refused(tmp_path, make_dataset):
     dataset = make_dataset(shards=1, per_shard=2)
     writer, temp_dir, records = _written_shards(dataset, tmp_path)
     with pytest.raises(RuntimeError, match="two committed outputs are both named"):
-        list(image_writer._FinalizeFn(writer.output_dir, temp_dir, overwrite=False).process(records * 2))
+        list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(records * 2))

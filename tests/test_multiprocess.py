@@ -22,7 +22,7 @@ def test_two_worker_processes_build_one_pipeline_each(tmp_path, make_dataset):
             | FilePartitioningStage(dataset.directory)
             | ImageReaderStage(dali_batch_size=2, num_threads=1)
         )
-        _, written = batches | ImageWriterStage(out, remove_image_data=True).with_written_batches()
+        written = (batches | ImageWriterStage(out, remove_image_data=True).with_written_batches()).written
         collect_to(written, written_dir)
 
     result = run_pipeline(build, MULTI_PROCESS)

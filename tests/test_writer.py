@@ -173,7 +173,7 @@ def test_remove_image_data_drops_pixels_on_the_written_output(tmp_path, make_dat
         def build(pipeline):
             batches = pipeline | FilePartitioningStage(dataset.directory) | ImageReaderStage()
             writer = ImageWriterStage(str(tmp_path / f"out-{remove}"), remove_image_data=remove)
-            files, written = batches | writer.with_written_batches()
+            files, written = (batches | writer.with_written_batches())[:2]
             collect_to(written, written_dir)
 
         run_pipeline(build)
@@ -248,7 +248,7 @@ def test_unusable_pixels_fail_that_image_alone(tmp_path, make_dataset):
 
     def build(pipeline):
         batches = pipeline | FilePartitioningStage(dataset.directory) | ImageReaderStage() | beam.Map(spoil_second)
-        _, failures = batches | ImageWriterStage(out).with_exception_handling()
+        failures = (batches | ImageWriterStage(out).with_exception_handling()).failures
         collect_to(failures, failures_dir)
 
     result = run_pipeline(build)

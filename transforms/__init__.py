@@ -5,17 +5,29 @@ from .convert import (
     WriteDocumentBatchesToParquet,
     convert_image_batch,
 )
-from .failures import WriteFailures
-from .image_reader import ImageReaderStage
-from .image_writer import ImageWriterStage
+from .records import WriteFailures, WriteFiltered
+from .image_reader import ImageReaderStage, ReadResult
+from .image_writer import ImageWriterStage, WriteResult
 from .partitioning import FilePartitioningStage
+from .stages import CurationStage, Dropped, Failed, FilterImages, ScoreImages, StageOutcome
+from .stats import WriteRunStats
 
 __all__ = [
     "ConvertImageBatchToDocumentBatchStage",
+    "CurationStage",
+    "Dropped",
+    "Failed",
     "FilePartitioningStage",
+    "FilterImages",
     "ImageReaderStage",
     "ImageWriterStage",
+    "ReadResult",
+    "ScoreImages",
+    "StageOutcome",
     "WriteDocumentBatchesToParquet",
     "WriteFailures",
+    "WriteFiltered",
+    "WriteResult",
+    "WriteRunStats",
     "convert_image_batch",
 ]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
-import lzma
 import os
-import tarfile
 import threading
 import time
-import zlib
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.utils import shared
@@ -25,77 +23,27 @@ from beam_curator.decoding import (
     DaliImageDecoder,
     ImageDecodeError,
     cuda_device_count,
-    probe_size,
 )
-from beam_curator.failures import FailureRecord
 from beam_curator.isolated_decoding import IsolatedDecoder
-from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
-from beam_curator.webdataset import (
-    DEFAULT_MAX_MEMBER_BYTES,
-    RawSample,
-    SkippedMember,
-    iter_samples,
-    split_member_name,
-)
+from beam_curator.reading import SampleRules, is_shard_damage
+from beam_curator.records import FailureRecord
+from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject
+from beam_curator.webdataset import DEFAULT_MAX_MEMBER_BYTES, SkippedMember, iter_samples, split_member_name
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .metrics import counter
 
-__all__ = ["FAILURES_TAG", "FailureThresholdExceeded", "ImageReaderStage", "is_shard_damage"]
+__all__ = ["FAILURES_TAG", "FailureThresholdExceeded", "ImageReaderStage", "ReadResult", "is_shard_damage"]
 
 _LOG = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 2.0
 FAILURES_TAG = "failures"
 
 
-_DAMAGE = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, FileNotFoundError,
-           IsADirectoryError, NotADirectoryError)
+class ReadResult(NamedTuple):
+    """What ImageReaderStage.with_exception_handling() returns: ImageBatches and FailureRecords."""
 
-
-def is_shard_damage(error: BaseException) -> bool:
-    """True when reading a shard failed because of the shard itself (a broken tar or compressed
-    stream, or no such file), which no retry can fix; False for anything else (a dropped connection, a
-    timeout, a bug), which must fail the bundle so that Beam retries it."""
-    if isinstance(error, _DAMAGE):
-        return True
-    if type(error) is OSError and error.errno is None:  # bz2 "Invalid data stream" and the like
-        return True
-    return getattr(error, "code", None) == 404  # object stores' "not found" (Beam's S3 client)
-
-
-def _too_large(size: int, max_member_bytes: int) -> tuple[str, str]:
-    return "MemberTooLarge", f"{size} bytes is over max_member_bytes={max_member_bytes}"
-
-
-def _check_companions(sample: RawSample, max_member_bytes: int):
-    """(extension, None) for each companion that is fine, (extension, (error_class, message)) otherwise.
-
-    Captions (`txt`) must be UTF-8 and `json` must parse; anything else is carried as bytes, never
-    unpickled or executed.
-    """
-    for extension in sorted(sample.oversized):
-        yield extension, _too_large(sample.oversized[extension], max_member_bytes)
-    for extension, payload in sorted(sample.members.items()):
-        kind = extension.rpartition(".")[2].lower()
-        try:
-            if kind == "txt":
-                payload.decode("utf-8")
-            elif kind == "json":
-                json.loads(payload)
-        except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            yield extension, (type(error).__name__, str(error)[:300])
-            continue
-        yield extension, None
-
-
-def _metadata_from_json(companions: dict[str, bytes]) -> dict:
-    """The `.json` companion's object (img2dataset writes url, caption, sizes, sha256 there) as the
-    image's metadata; {} when there is none or it holds something else. The member itself is still
-    written back byte for byte."""
-    raw = next((payload for extension, payload in companions.items() if extension.lower() == "json"), None)
-    if raw is None:
-        return {}
-    value = json.loads(raw)  # parses: _check_companions left out any that did not
-    return value if isinstance(value, dict) else {}
+    batches: object
+    failures: object
 
 
 @dataclass
@@ -110,6 +58,7 @@ class _SubmittedBatch:
     started: float
     timestamp: object
     window: object
+    counts: Counter = field(default_factory=Counter)  # what the reader counted for this batch
 
 
 class _DecoderHandle:
@@ -128,8 +77,9 @@ class _ReadImagesFn(beam.DoFn):
         self._num_gpus = stage.num_gpus_per_worker
         self._verbose = stage.verbose
         self._progress_dir = stage.progress_dir
-        self._max_image_pixels = stage.max_image_pixels
         self._max_member_bytes = stage.max_member_bytes
+        self._rules = SampleRules(stage=stage.stage_name, max_image_pixels=stage.max_image_pixels,
+                                  max_member_bytes=stage.max_member_bytes)
         self._emit_failures = stage._with_failures
         self._isolate_decoder = stage.isolate_decoder
         self._shared_handle = shared_handle
@@ -155,6 +105,7 @@ class _ReadImagesFn(beam.DoFn):
         # The batch DALI decodes while this thread reads on and the writer writes; it may belong to
         # the previous element, so the decoder never waits between partitions.
         self._in_flight: _SubmittedBatch | None = None
+        self._counts = Counter()  # counted since the last batch was submitted; goes with the next one
 
     def process(self, task: FileGroupTask, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         # FileGroupTask -> ImageBatch, one per at most dali_batch_size decoded images, streamed;
@@ -172,14 +123,15 @@ class _ReadImagesFn(beam.DoFn):
         upcoming = next(items, None)
         while upcoming is not None or batch_index == 0:
             if isinstance(upcoming, FailureRecord):
-                yield from self._fail(upcoming)
+                yield from self._fail(upcoming, self._counts)
             elif upcoming is not None:
                 pending.append(upcoming)
             upcoming = next(items, None)
             if len(pending) == self._batch_size or upcoming is None:
                 # A partition with nothing in it still sends one empty batch: the writer learns it is complete.
                 yield from self._submit(_SubmittedBatch(task, pending, None, batch_index, upcoming is None, started,
-                                                        timestamp, window))
+                                                        timestamp, window, self._counts))
+                self._counts = Counter()
                 batch_index += 1
                 pending = []
                 started = time.perf_counter()
@@ -206,14 +158,16 @@ class _ReadImagesFn(beam.DoFn):
         by_pillow = self._handle.decoder.take_pillow_count()
         if by_pillow:
             counter("images_decoded_by_pillow").inc(by_pillow)
+            submitted.counts["decoded_by_pillow"] += by_pillow
         batch, failures = self._decoded_batch(submitted, results)
         for failure in failures:
-            for output in self._fail(failure):
+            for output in self._fail(failure, submitted.counts):
                 yield beam.pvalue.TaggedOutput(output.tag, windowed(output.value))
         yield windowed(batch)
 
-    def _fail(self, record: FailureRecord) -> Iterator:
+    def _fail(self, record: FailureRecord, counts: Counter) -> Iterator:
         counter(f"{record.scope}s_failed").inc()
+        counts[f"{record.scope}s_failed"] += 1
         _LOG.warning("%s %s %s: %s: %s", record.scope, record.source, record.member, record.error_class, record.message)
         if self._emit_failures:
             yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
@@ -228,12 +182,13 @@ class _ReadImagesFn(beam.DoFn):
                 with storage.open_read(url) as stream:
                     for item in iter_samples(stream, max_member_bytes=self._max_member_bytes):
                         if isinstance(item, SkippedMember):
-                            yield self._record(url, item.name, split_member_name(item.name)[0], "member",
-                                               "UnsupportedMember", item.reason)
+                            yield self._rules.record(url, item.name, split_member_name(item.name)[0], "member",
+                                                     "UnsupportedMember", item.reason)
                             continue
                         samples += 1
                         counter("samples_read").inc()
-                        for result in self._sample_to_image(url, source_id, item, seen_keys):
+                        self._counts["samples_read"] += 1
+                        for result in self._rules.to_image(url, source_id, item, seen_keys):
                             if isinstance(result, ImageObject):
                                 images += 1
                                 if self._progress:
@@ -243,67 +198,13 @@ class _ReadImagesFn(beam.DoFn):
                 if not is_shard_damage(error):
                     raise  # a transient storage error or a bug: Beam retries the bundle, then fails loudly
                 # the shard itself is damaged or missing: keep what was read before the damage
-                yield self._record(url, "", "", "shard", type(error).__name__,
-                                   f"{error or 'unreadable'} (after {samples} sample(s) read)")
+                yield self._rules.record(url, "", "", "shard", type(error).__name__,
+                                         f"{error or 'unreadable'} (after {samples} sample(s) read)")
             counter("shards_read").inc()
+            self._counts["shards_read"] += 1
             if self._progress:
                 self._progress.add_shard()
             log("read %d image(s) from %s in %.2fs", images, url, time.perf_counter() - shard_start)
-
-    def _record(self, url, member, key, scope, error_class, message) -> FailureRecord:
-        return FailureRecord(source=url, member=member, key=key, stage=self._stage_name, scope=scope,
-                             error_class=error_class, message=str(message))
-
-    def _sample_to_image(self, url, source_id, sample: RawSample, seen_keys) -> Iterator[ImageObject | FailureRecord]:
-        """The sample's ImageObject ready to decode, or its failure; plus failures of its companions."""
-        occurrence = seen_keys.get(sample.key, 0)
-        seen_keys[sample.key] = occurrence + 1
-        extension = sample.image_extension()
-        member = sample.member_names.get(extension, "") if extension else ""
-        if extension is None:
-            listed = sorted(sample.member_names.values())
-            if occurrence:
-                reason = f"members {listed} are not adjacent to the earlier members of key {sample.key!r}"
-                yield self._record(url, listed[0], sample.key, "sample", "NonAdjacentMembers", reason)
-            else:
-                yield self._record(url, listed[0] if listed else "", sample.key, "sample", "NoImageMember",
-                                   f"no image member among {listed}")
-            return
-        if extension in sample.oversized:
-            yield self._record(url, member, sample.key, "sample",
-                               *_too_large(sample.oversized[extension], self._max_member_bytes))
-            return
-        image_bytes = sample.members.pop(extension)
-        if not image_bytes:
-            yield self._record(url, member, sample.key, "sample", "EmptyImage", "the image member is empty")
-            return
-        try:
-            size = probe_size(image_bytes)
-        except ImageDecodeError as error:  # Pillow's own bomb check fired: far over any sane limit
-            yield self._record(url, member, sample.key, "sample", "ImageTooLarge",
-                               f"over max_image_pixels={self._max_image_pixels}: {error}")
-            return
-        if size is not None and size[0] * size[1] > self._max_image_pixels:
-            yield self._record(url, member, sample.key, "sample", "ImageTooLarge",
-                               f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels is over "
-                               f"max_image_pixels={self._max_image_pixels}")
-            return
-        companions = {}
-        for companion, problem in _check_companions(sample, self._max_member_bytes):
-            if problem is None:
-                companions[companion] = sample.members[companion]
-            else:
-                yield self._record(url, sample.member_names[companion], sample.key, "companion", *problem)
-        image_id = f"{source_id}/{sample.key}" + (f"~{occurrence}" if occurrence else "")
-        yield ImageObject(
-            image_path=f"{url}#{member}",
-            image_id=image_id,
-            key=sample.key,
-            image_bytes=image_bytes,
-            image_format=extension,
-            companions=companions,
-            metadata=_metadata_from_json(companions),
-        )
 
     def _decoded_batch(self, submitted: _SubmittedBatch, results: list):
         task, index = submitted.task, submitted.index
@@ -311,7 +212,7 @@ class _ReadImagesFn(beam.DoFn):
         for obj, pixels in zip(submitted.objects, results):
             if isinstance(pixels, ImageDecodeError):
                 source, _, member = obj.image_path.partition("#")
-                failures.append(self._record(source, member, obj.key, "sample", "ImageDecodeError", pixels))
+                failures.append(self._rules.record(source, member, obj.key, "sample", "ImageDecodeError", pixels))
                 continue
             pixels.flags.writeable = False  # stages that change pixels build a new array
             obj.image_data = obj.decoded_pixels = pixels
@@ -326,8 +227,13 @@ class _ReadImagesFn(beam.DoFn):
             _metadata={**task._metadata, "batch_index": index, "last_batch": submitted.last,
                        "dali_pipeline": self._handle.label},
             _stage_perf=list(task._stage_perf),
+            origin=BatchOrigin(partition=int(task._metadata.get("partition_index", 0)), batch_index=index,
+                               last=submitted.last,
+                               source_files=tuple(task._metadata.get("source_files", task.data))),
         )
-        batch.add_stage_perf(self._stage_name, time.perf_counter() - submitted.started, len(decoded))
+        submitted.counts["decoded"] = len(decoded)
+        batch.add_stage_perf(self._stage_name, time.perf_counter() - submitted.started, len(decoded),
+                             counts=submitted.counts)
         return batch, failures
 
     def teardown(self):
@@ -394,7 +300,7 @@ class ImageReaderStage(beam.PTransform):
         isolates on the GPU, where a crash was seen past the structural check, and not on the CPU,
         where the check alone survived the crash-fuzz campaign (docs/ROBUSTNESS.md).
 
-    What cannot be used becomes a FailureRecord (see beam_curator.failures): a sample that cannot be
+    What cannot be used becomes a FailureRecord (see beam_curator.records): a sample that cannot be
     decoded or breaks a limit, a companion that is not valid (UTF-8 `txt`, parseable `json`), a link
     or device entry, and a damaged shard (after the samples read before the damage). By default each
     is logged at WARNING and counted in the `beam_curator` metrics (`samples_failed`,
@@ -441,7 +347,7 @@ class ImageReaderStage(beam.PTransform):
         self._shared_handle = shared.Shared()
 
     def with_exception_handling(self, *, threshold: float = 1.0) -> ImageReaderStage:
-        """Make the stage return (batches, failures): ImageBatches and FailureRecords.
+        """Make the stage return ReadResult(batches, failures): ImageBatches and FailureRecords.
 
         threshold: as Beam's own with_exception_handling, the highest fraction of samples that may
         fail; above it the job fails once everything is read (FailureThresholdExceeded). 1.0, the
@@ -458,6 +364,7 @@ class ImageReaderStage(beam.PTransform):
         read = beam.ParDo(_ReadImagesFn(self, self._shared_handle)).with_output_types(ImageBatch)
         if not self._with_failures:
             return tasks | "ReadAndDecode" >> read
+        # FileGroupTask -> ReadResult(batches, failures)
         outputs = tasks | "ReadAndDecode" >> read.with_outputs(FAILURES_TAG, main="batches")
         batches, failures = outputs.batches, outputs[FAILURES_TAG]
         if self._threshold < 1.0:
@@ -468,7 +375,7 @@ class ImageReaderStage(beam.PTransform):
              | "CountDecoded" >> beam.CombineGlobally(sum)
              | "CheckFailureRatio" >> beam.Map(_check_failure_ratio, failed=beam.pvalue.AsSingleton(failed),
                                                threshold=self._threshold))
-        return batches, failures
+        return ReadResult(batches, failures)
 
     def display_data(self):
         return {

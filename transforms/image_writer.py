@@ -1,213 +1,115 @@
-"""ImageWriterStage: ImageBatch -> FileGroupTask, writing WebDataset tars plus parquet metadata.
+"""ImageWriterStage: ImageBatch -> WriteResult, writing WebDataset tars plus parquet metadata.
+
+Two modes, byte-identical output (beam_curator.packing packs both):
+- fused (the fast path): the writer runs in the reader's bundles, packing each batch as it arrives;
+  a partition's batches must arrive in order in one bundle, which is how Beam runs chained ParDos.
+  Out-of-order arrival fails at once, naming the keyed mode.
+- keyed: for when something between reader and writer shuffles or cannot be fused (a Reshuffle, a
+  GroupByKey, a stage with its own resource hints, which Dataflow runs apart): each batch is reduced
+  to encoded bytes (never pixels: changed images are encoded first), keyed by partition, gathered by
+  a GroupByKey, ordered by batch index, then packed.
+mode='auto' (the default) picks keyed when the pipeline graph shows such a step between the writer
+and ImageReaderStage, fused otherwise.
 
 Commit protocol: every bundle attempt writes its tar+parquet pairs under a directory of its own in
-`{output_dir}/.beam_curator-temp-{token}/`. Beam keeps the outputs of the attempt it commits, so the
-one finalize step sees exactly the committed pairs: it renames each tar, then its parquet (a parquet
-present means its tar is complete), and deletes the temporary directory with whatever failed or
-duplicate attempts left there. Finalize is idempotent: a pair already renamed is skipped.
-
-Packing: within each input partition every tar holds exactly images_per_tar images except the
-partition's last. The writer must run fused with the reader (no Reshuffle between them), which is
-how Beam runs chained ParDos; it checks that each partition's batches arrive in order.
+`{output_dir}/.beam_curator-temp-{token}/`; the one commit step (beam_curator.commit) renames the
+committed pairs, tars before parquets, and deletes the temporary directory. A repeated commit is a
+no-op. Records (FailureRecords, FilterRecords) and counts are emitted from the same bundles as the
+tars, so a retried bundle's are counted once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
-import numpy as np
-import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_curator import storage
-from beam_curator.encoding import encode_jpeg
-from beam_curator.failures import FailureRecord
-from beam_curator.image_structure import image_format
+from beam_curator.commit import commit_shards, final_files
 from beam_curator.leftovers import TEMP_DIR_PREFIX
-from beam_curator.naming import SHARD_PREFIX, partition_hash, shard_basename
-from beam_curator.schema import MetadataRow, rows_to_table
-from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
-from beam_curator.webdataset import TarShardWriter, safe_key
+from beam_curator.naming import SHARD_PREFIX
+from beam_curator.packing import OUTPUT_FORMATS, PackingOptions, PartitionPacker, PreparedImage, prepare_image
+from beam_curator.records import FailureRecord, FilterRecord
+from beam_curator.stats import tally
+from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject, StagePerf
+from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
+from .image_reader import _ReadImagesFn
 from .metrics import counter
 
-__all__ = ["ImageWriterStage", "WRITTEN_BATCHES_TAG"]
+__all__ = ["ImageWriterStage", "MODES", "WriteResult", "existing_shards", "fusion_break"]
 
 _LOG = logging.getLogger(__name__)
-WRITTEN_BATCHES_TAG = "written"
-FAILURES_TAG = "failures"
-OUTPUT_FORMATS = (None, "jpg")  # None: every image member as it came (bytes pass through)
+MODES = ("auto", "fused", "keyed")
+WRITTEN_TAG, FAILURES_TAG, FILTERED_TAG, COUNTS_TAG = "written", "failures", "filtered", "counts"
+_FUSION_BREAKERS = (beam.GroupByKey, beam.Reshuffle, beam.CoGroupByKey)
 
 
-def _jpeg_extension(obj: ImageObject) -> str:
-    return "jpeg" if "jpg" in obj.companions else "jpg"  # never collide with a companion named jpg
+class WriteResult(NamedTuple):
+    """What ImageWriterStage returns; a field not asked for is None.
+
+    files: a FileGroupTask per committed tar (its tar, parquet and index paths; num_images).
+    written: the ImageBatches as written (with_written_batches()).
+    failures: FailureRecords of images that failed in the writer or in a stage before it
+      (with_exception_handling()).
+    filtered: FilterRecords of images that stages before the writer dropped (with_exception_handling()).
+    counts: per-stage tallies (see beam_curator.stats), one per bundle: always there.
+    """
+
+    files: object
+    written: object = None
+    failures: object = None
+    filtered: object = None
+    counts: object = None
 
 
-@dataclass
-class _WrittenShard:
-    """A tar+parquet pair one bundle attempt wrote under temporary names."""
-
-    basename: str
-    temp_tar: str
-    temp_parquet: str
-    temp_index: str | None
-    num_images: int
-    partition_index: int
-    dataset_name: str
+def _missing_origin(batch: ImageBatch) -> ValueError:
+    return ValueError(
+        f"ImageBatch {batch.task_id!r} has no origin (partition, batch index, last batch), which "
+        "ImageWriterStage needs to pack and name its tars. Batches made by ImageReaderStage have one; a stage "
+        "that builds a new batch must keep it: use batch.with_images(objects) instead of ImageBatch(...) or "
+        "dataclasses.replace")
 
 
-@dataclass
-class _OpenShard:
-    """The tar being filled for one partition."""
+class _WriterCore:
+    """What both modes' DoFns share: options, records and counts of a bundle."""
 
-    basename: str
-    temp_tar: str
-    handle: object
-    writer: TarShardWriter
-    rows: list[MetadataRow] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _PartitionState:
-    index: int
-    digest: str
-    dataset_name: str
-    next_shard: int = 0
-    last_batch_index: int = -1
-    shard: _OpenShard | None = None
-
-
-class _WriteShardsFn(beam.DoFn):
-    def __init__(self, stage: ImageWriterStage, temp_dir: str):
+    def __init__(self, stage: ImageWriterStage):
         self._stage_name = stage.stage_name
-        self._images_per_tar = stage.images_per_tar
-        self._deterministic = stage.deterministic_name
+        self._options = stage.packing_options
         self._remove_image_data = stage.remove_image_data
-        self._jpeg_quality = stage.jpeg_quality
-        self._force_reencode = stage.force_reencode
-        self._output_format = stage.output_format
-        self._write_index = stage.write_index
         self._verbose = stage.verbose
         self._emit_written = stage._with_written
-        self._emit_failures = stage._with_failures
-        self._temp_dir = temp_dir
+        self._emit_records = stage._with_failures
 
-    def start_bundle(self):
-        self._attempt_dir = storage.join(self._temp_dir, uuid.uuid4().hex)
-        self._partitions: dict[int, _PartitionState] = {}
+    def _begin(self) -> None:
+        self._tally: dict[str, dict[str, float]] = {}
 
-    def process(self, batch: ImageBatch) -> Iterator:
-        # ImageBatch -> _WrittenShard for each closed tar (+ the batch itself, tagged 'written', if asked)
-        started = time.perf_counter()
-        partition = int(batch._metadata.get("partition_index", 0))
-        batch_index = int(batch._metadata.get("batch_index", 0))
-        state = self._partitions.get(partition)
-        if state is None:
-            state = self._partitions[partition] = _PartitionState(
-                index=partition,
-                digest=partition_hash(
-                    batch._metadata.get("source_files", [batch.task_id]), self._naming_options(),
-                    deterministic=self._deterministic,
-                ),
-                dataset_name=batch.dataset_name,
-            )
-        if batch_index <= state.last_batch_index:
-            raise RuntimeError(
-                f"batch {batch_index} of partition {partition} arrived after batch {state.last_batch_index}: "
-                "ImageWriterStage must run fused with ImageReaderStage (no Reshuffle or GroupByKey between them)"
-            )
-        state.last_batch_index = batch_index
-        written = 0
+    def _take(self, batch: ImageBatch) -> Iterator:
+        """Check the origin, tally the stages' counts, emit the records the batch carries."""
+        if batch.origin is None:
+            raise _missing_origin(batch)
+        tally(batch._stage_perf, self._tally)
+        if self._emit_records:
+            for record in batch.records:
+                yield beam.pvalue.TaggedOutput(FILTERED_TAG if isinstance(record, FilterRecord) else FAILURES_TAG,
+                                               record)
+
+    def _prepare(self, batch: ImageBatch) -> Iterator:
+        """PreparedImage per writable image in order; a FailureRecord (tagged) for each that is not."""
         for obj in batch.data:
             try:
-                image_member = self._image_member(obj)
+                yield prepare_image(obj, self._options)
             except (ValueError, TypeError) as error:  # bad pixels from a stage: this image fails alone
                 yield from self._fail(obj, error)
-                continue
-            if state.shard is None:
-                state.shard = self._open_shard(state)
-            self._write_sample(state.shard, obj, image_member)
-            written += 1
-            if len(state.shard.rows) == self._images_per_tar:
-                yield self._close_shard(state)
-        if batch._metadata.get("last_batch", False):
-            if state.shard is not None:
-                yield self._close_shard(state)
-            state.last_batch_index = float("inf")  # the partition is complete in this bundle
-        counter("images_written").inc(written)
-        if self._emit_written:
-            yield beam.pvalue.TaggedOutput(WRITTEN_BATCHES_TAG, self._written_copy(batch, started))
-
-    def _written_copy(self, batch: ImageBatch, started: float) -> ImageBatch:
-        """The batch as written, as a new element (Beam inputs must not be modified)."""
-        objects = batch.data
-        if self._remove_image_data:
-            objects = [dataclasses.replace(obj, image_data=None, decoded_pixels=None) for obj in objects]
-        written = dataclasses.replace(batch, data=objects, _stage_perf=list(batch._stage_perf))
-        written.add_stage_perf(self._stage_name, time.perf_counter() - started, len(objects))
-        return written
-
-    def finish_bundle(self):
-        # Partitions whose last batch a stage dropped: close what they have.
-        for state in self._partitions.values():
-            if state.shard is not None:
-                yield WindowedValue(self._close_shard(state), MIN_TIMESTAMP, [GlobalWindow()])
-        self._partitions = {}
-
-    def _naming_options(self) -> dict:
-        options = {"images_per_tar": self._images_per_tar, "jpeg_quality": self._jpeg_quality,
-                   "force_reencode": self._force_reencode}
-        if self._output_format is not None:  # only then: the names of earlier outputs stay the same
-            options["output_format"] = self._output_format
-        return options
-
-    def _open_shard(self, state: _PartitionState) -> _OpenShard:
-        basename = shard_basename(state.digest, state.next_shard)
-        state.next_shard += 1
-        temp_tar = storage.join(self._attempt_dir, f"{basename}.tar")
-        handle = storage.create(temp_tar)
-        return _OpenShard(basename=basename, temp_tar=temp_tar, handle=handle, writer=TarShardWriter(handle))
-
-    def _image_member(self, obj: ImageObject) -> tuple[str, bytes, int | None, int | None]:
-        """(extension, bytes, height, width) of the image member to write for obj."""
-        if obj.pixels_unchanged and not self._force_reencode:
-            if self._output_format is None:
-                return obj.image_format, obj.image_bytes, obj.height, obj.width
-            if image_format(obj.image_bytes) == "jpeg":  # already what output_format asks: bytes pass through
-                return _jpeg_extension(obj), obj.image_bytes, obj.height, obj.width
-        if obj.image_data is None:
-            raise ValueError(f"image {obj.image_id!r} has neither pixels nor original bytes to write")
-        pixels = obj.image_data
-        if not isinstance(pixels, np.ndarray):
-            raise TypeError(f"image_data of {obj.image_id!r} is a {type(pixels).__name__}, not a numpy array")
-        return _jpeg_extension(obj), encode_jpeg(pixels, quality=self._jpeg_quality), int(pixels.shape[0]), int(pixels.shape[1])
-
-    def _write_sample(self, shard: _OpenShard, obj: ImageObject, image_member) -> None:
-        extension, payload, height, width = image_member
-        key = safe_key(obj.key or obj.image_id)
-        if key in shard.keys:  # the same key from two source shards of one partition
-            suffix = 1
-            while f"{key}_{suffix}" in shard.keys:
-                suffix += 1
-            key = f"{key}_{suffix}"
-        shard.keys.add(key)
-        members = [(extension, payload)] + sorted(obj.companions.items())
-        member_names = shard.writer.write_sample(key, members)
-        shard.rows.append(
-            MetadataRow.for_image(
-                obj, key=key, tar_file=f"{shard.basename}.tar", member_name=member_names[0],
-                image_format=extension, width=width, height=height,
-            )
-        )
 
     def _fail(self, obj: ImageObject, error: Exception) -> Iterator:
         source, _, member = obj.image_path.partition("#")
@@ -215,37 +117,154 @@ class _WriteShardsFn(beam.DoFn):
                                error_class=type(error).__name__, message=str(error))
         counter("images_write_failed").inc()
         _LOG.warning("could not write %s: %s: %s", obj.image_path or obj.image_id, record.error_class, record.message)
-        if self._emit_failures:
+        self._own_counts["failed"] += 1
+        if self._emit_records:
             yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
 
-    def _close_shard(self, state: _PartitionState) -> _WrittenShard:
-        shard = state.shard
-        state.shard = None
-        shard.writer.close()
-        shard.handle.close()
-        temp_parquet = storage.join(self._attempt_dir, f"{shard.basename}.parquet")
-        temp_index = None
-        if self._write_index:
-            temp_index = storage.join(self._attempt_dir, f"{shard.basename}.idx")
-            with storage.create(temp_index) as handle:
-                handle.write(shard.writer.index_text().encode())
-        buffer = io.BytesIO()
-        pq.write_table(rows_to_table(shard.rows), buffer)
-        with storage.create(temp_parquet) as handle:
-            handle.write(buffer.getvalue())
-        (_LOG.info if self._verbose else _LOG.debug)("wrote %d image(s) to %s", len(shard.rows), shard.temp_tar)
-        return _WrittenShard(
-            basename=shard.basename,
-            temp_tar=shard.temp_tar,
-            temp_parquet=temp_parquet,
-            temp_index=temp_index,
-            num_images=len(shard.rows),
-            partition_index=state.index,
-            dataset_name=state.dataset_name,
-        )
+    def _written_copy(self, batch: ImageBatch, prepared: list[PreparedImage], started: float) -> ImageBatch:
+        """The batch as written, as a new element (Beam inputs must not be modified)."""
+        objects = [image.obj for image in prepared]
+        if self._remove_image_data:
+            objects = [dataclasses.replace(obj, image_data=None, decoded_pixels=None) for obj in objects]
+        written = batch.with_images(objects)
+        written.records = []  # emitted by this writer
+        written.add_stage_perf(self._stage_name, time.perf_counter() - started, len(objects))
+        return written
+
+    def _record_own(self, started: float, came_in: int, written: int) -> None:
+        tally([StagePerf(self._stage_name, time.perf_counter() - started, written,
+                           {"in": came_in, "written": written, "failed": self._own_counts["failed"]})], self._tally)
+
+    def _counts_output(self):
+        """The bundle's tally, windowed (it leaves from finish_bundle)."""
+        if self._tally:
+            yield beam.pvalue.TaggedOutput(COUNTS_TAG, WindowedValue(self._tally, MIN_TIMESTAMP, [GlobalWindow()]))
 
 
-class _FinalizeFn(beam.DoFn):
+class _WriteShardsFn(_WriterCore, beam.DoFn):
+    """Fused mode: pack each batch as it arrives, in the reader's bundle."""
+
+    def __init__(self, stage: ImageWriterStage, temp_dir: str):
+        _WriterCore.__init__(self, stage)
+        self._temp_dir = temp_dir
+
+    def start_bundle(self):
+        self._attempt_dir = storage.join(self._temp_dir, uuid.uuid4().hex)
+        self._packers: dict[int, PartitionPacker] = {}
+        self._begin()
+
+    def process(self, batch: ImageBatch) -> Iterator:
+        # ImageBatch -> WrittenShard per closed tar; tagged: records, the batch as written
+        started = time.perf_counter()
+        self._own_counts = {"failed": 0}
+        yield from self._take(batch)
+        origin: BatchOrigin = batch.origin
+        packer = self._packers.get(origin.partition)
+        if packer is None:
+            packer = self._packers[origin.partition] = PartitionPacker(
+                origin.partition, origin.source_files, batch.dataset_name, self._options, self._attempt_dir)
+        packer.start_batch(origin.batch_index)
+        prepared = []
+        for item in self._prepare(batch):
+            if isinstance(item, PreparedImage):
+                prepared.append(item)
+                closed = packer.add(item)
+                if closed is not None:
+                    yield self._log(closed)
+            else:
+                yield item
+        if origin.last:
+            closed = packer.finish()
+            if closed is not None:
+                yield self._log(closed)
+        counter("images_written").inc(len(prepared))
+        self._record_own(started, batch.num_items, len(prepared))
+        if self._emit_written:
+            yield beam.pvalue.TaggedOutput(WRITTEN_TAG, self._written_copy(batch, prepared, started))
+
+    def finish_bundle(self):
+        # Partitions whose last batch a stage dropped: close what they have.
+        for packer in self._packers.values():
+            if not packer.closed:
+                closed = packer.finish()
+                if closed is not None:
+                    yield WindowedValue(self._log(closed), MIN_TIMESTAMP, [GlobalWindow()])
+        self._packers = {}
+        yield from self._counts_output()
+
+    def _log(self, shard):
+        (_LOG.info if self._verbose else _LOG.debug)("wrote %d image(s) to %s", shard.num_images, shard.temp_tar)
+        return shard
+
+
+@dataclass
+class _PreparedBatch:
+    """Keyed mode: a batch reduced to what packing needs (bytes, no pixels)."""
+
+    origin: BatchOrigin
+    dataset_name: str
+    images: list[PreparedImage]
+
+
+class _PrepareFn(_WriterCore, beam.DoFn):
+    """Keyed mode, before the shuffle: encode changed images, drop pixels, key by partition."""
+
+    def start_bundle(self):
+        self._begin()
+
+    def process(self, batch: ImageBatch) -> Iterator:
+        # ImageBatch -> (partition, _PreparedBatch); tagged: records, the batch as written
+        started = time.perf_counter()
+        self._own_counts = {"failed": 0}
+        yield from self._take(batch)
+        prepared = []
+        for item in self._prepare(batch):
+            if isinstance(item, PreparedImage):
+                prepared.append(item)
+            else:
+                yield item
+        counter("images_written").inc(len(prepared))
+        self._record_own(started, batch.num_items, len(prepared))
+        if self._emit_written:
+            yield beam.pvalue.TaggedOutput(WRITTEN_TAG, self._written_copy(batch, prepared, started))
+        yield batch.origin.partition, _PreparedBatch(batch.origin, batch.dataset_name,
+                                                     [image.without_pixels() for image in prepared])
+
+    def finish_bundle(self):
+        yield from self._counts_output()
+
+
+class _PackPartitionFn(beam.DoFn):
+    """Keyed mode, after the shuffle: one partition's batches in order, packed."""
+
+    def __init__(self, stage: ImageWriterStage, temp_dir: str):
+        self._options = stage.packing_options
+        self._temp_dir = temp_dir
+
+    def start_bundle(self):
+        self._attempt_dir = storage.join(self._temp_dir, uuid.uuid4().hex)
+
+    def process(self, element) -> Iterator:
+        # (partition, [_PreparedBatch]) -> WrittenShard per tar
+        partition, batches = element
+        # (batch index, image ids): a deterministic order even for a batch a stage split in two
+        batches = sorted(batches, key=lambda b: (b.origin.batch_index, [image.obj.image_id for image in b.images]))
+        if not batches:
+            return
+        first = batches[0]
+        packer = PartitionPacker(partition, first.origin.source_files, first.dataset_name, self._options,
+                                 self._attempt_dir)
+        for batch in batches:
+            for image in batch.images:
+                closed = packer.add(image)
+                if closed is not None:
+                    yield closed
+        closed = packer.finish()
+        if closed is not None:
+            yield closed
+
+
+class _CommitFn(beam.DoFn):
     """Rename the committed pairs to their final names and remove the temporary directory."""
 
     def __init__(self, output_dir: str, temp_dir: str, overwrite: bool):
@@ -253,37 +272,17 @@ class _FinalizeFn(beam.DoFn):
         self._temp_dir = temp_dir
         self._overwrite = overwrite
 
-    def process(self, written: list[_WrittenShard]) -> Iterator[FileGroupTask]:
-        # [_WrittenShard] (every committed pair) -> FileGroupTask per final pair
-        by_name: dict[str, _WrittenShard] = {}
-        for shard in written:
-            if shard.basename in by_name:
-                raise RuntimeError(
-                    f"two committed outputs are both named {shard.basename}: a partition's batches were split "
-                    "between bundles; keep ImageWriterStage fused with ImageReaderStage"
-                )
-            by_name[shard.basename] = shard
+    def process(self, written) -> Iterator[FileGroupTask]:
+        # [WrittenShard] (every committed pair) -> FileGroupTask per final pair
+        committed = commit_shards(written, self._output_dir)
         final_names = set()
-        for basename in sorted(by_name):
-            shard = by_name[basename]
-            final_tar = storage.join(self._output_dir, f"{basename}.tar")
-            final_parquet = storage.join(self._output_dir, f"{basename}.parquet")
-            final_index = storage.join(self._output_dir, f"{basename}.idx") if shard.temp_index else None
-            # The parquet goes last: a parquet present means its tar (and index) are complete.
-            storage.rename_if_present(shard.temp_tar, final_tar)
-            if final_index:
-                storage.rename_if_present(shard.temp_index, final_index)
-            storage.rename_if_present(shard.temp_parquet, final_parquet)
-            files = [final_tar, final_parquet] + ([final_index] if final_index else [])
+        for shard in committed:
+            files = final_files(shard, self._output_dir)
             final_names.update(files)
             counter("tars_written").inc()
             counter("images_committed").inc(shard.num_images)
-            yield FileGroupTask(
-                task_id=basename,
-                dataset_name=shard.dataset_name,
-                data=files,
-                _metadata={"num_images": shard.num_images},
-            )
+            yield FileGroupTask(task_id=shard.basename, dataset_name=shard.dataset_name, data=files,
+                                _metadata={"num_images": shard.num_images})
         if self._overwrite:
             stale = [path for path in existing_shards(self._output_dir) if path not in final_names]
             if stale:
@@ -298,6 +297,52 @@ def existing_shards(output_dir: str) -> list[str]:
     for extension in ("tar", "parquet", "idx"):
         found += storage.match_files(storage.join(output_dir, f"{SHARD_PREFIX}-*.{extension}"))
     return sorted(found)
+
+
+def _ancestors(applied):
+    while applied is not None:
+        yield applied
+        applied = applied.parent
+
+
+def _hints(applied) -> dict:
+    """The resource hints in force on an applied transform: its own and its enclosing composites'."""
+    hints: dict = {}
+    for node in reversed(list(_ancestors(applied))):
+        hints.update(getattr(node, "resource_hints", None) or {})
+    return hints
+
+
+def fusion_break(batches) -> str | None:
+    """Why a writer of `batches` cannot run fused with the ImageReaderStage that made them (a shuffle
+    or other resource hints on the way, or no reader at all), or None when it can."""
+    from apache_beam.pvalue import PCollection
+
+    reader_hints, hints_on_path = None, []
+    stack, seen = [batches], set()
+    while stack:
+        applied = stack.pop().producer
+        if applied is None or id(applied) in seen:
+            continue
+        seen.add(id(applied))
+        transform = applied.transform
+        if isinstance(transform, beam.ParDo) and isinstance(transform.fn, _ReadImagesFn):
+            reader_hints = _hints(applied)
+            continue
+        for node in _ancestors(applied):
+            if isinstance(node.transform, _FUSION_BREAKERS):
+                return f"{type(node.transform).__name__} {node.full_label!r} is between the reader and the writer"
+        hints_on_path.append((applied.full_label, _hints(applied)))
+        inputs = [pcoll for pcoll in applied.inputs if isinstance(pcoll, PCollection)]
+        if not inputs:
+            return f"the batches do not come from ImageReaderStage ({applied.full_label!r} makes them)"
+        stack.extend(inputs)
+    if reader_hints is None:
+        return "the batches do not come from ImageReaderStage"
+    for label, hints in hints_on_path:
+        if hints != reader_hints:
+            return f"{label!r} has other resource hints than the reader, so a runner may not fuse them"
+    return None
 
 
 class ImageWriterStage(beam.PTransform):
@@ -319,6 +364,12 @@ class ImageWriterStage(beam.PTransform):
         `.jpg` member (JPEG bytes pass through, other formats are encoded at jpeg_quality), so that
         every sample has the same member names (loaders that infer columns from the first samples
         need this).
+      mode: "fused" packs batches as they arrive in the reader's bundles (fast; the batches must come
+        in order); "keyed" shuffles encoded bytes by partition first (right behind any shuffle);
+        "auto" (default) chooses from the pipeline graph (see the module's docstring). The output
+        is the same in both.
+
+    Returns a WriteResult (files, written, failures, filtered, counts).
     """
 
     def __init__(
@@ -335,6 +386,7 @@ class ImageWriterStage(beam.PTransform):
         overwrite: bool = False,
         write_index: bool = False,
         output_format: str | None = None,
+        mode: str = "auto",
     ):
         super().__init__()
         if not output_dir or not isinstance(output_dir, str):
@@ -343,6 +395,10 @@ class ImageWriterStage(beam.PTransform):
             raise ValueError(f"images_per_tar must be a positive integer, got {images_per_tar!r}")
         if not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be an integer from 1 to 100, got {jpeg_quality!r}")
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be None (keep each image's format) or 'jpg', got {output_format!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.output_dir = output_dir.rstrip("/")
         self.images_per_tar = images_per_tar
         self.verbose = verbose
@@ -353,20 +409,23 @@ class ImageWriterStage(beam.PTransform):
         self.force_reencode = force_reencode
         self.overwrite = overwrite
         self.write_index = write_index
-        if output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"output_format must be None (keep each image's format) or 'jpg', got {output_format!r}")
         self.output_format = output_format
+        self.mode = mode
+        self.resolved_mode: str | None = None  # set when applied
+        self.packing_options = PackingOptions(
+            images_per_tar=images_per_tar, jpeg_quality=jpeg_quality, force_reencode=force_reencode,
+            output_format=output_format, write_index=write_index, deterministic_name=deterministic_name)
         self._with_written = False
         self._with_failures = False
 
     def with_exception_handling(self) -> ImageWriterStage:
-        """Make the transform return (files, failures), or (files, written, failures) with
-        with_written_batches(); failures are FailureRecords of images that could not be encoded."""
+        """Fill WriteResult.failures (FailureRecords of images that failed here or in a stage before)
+        and WriteResult.filtered (FilterRecords of images stages dropped)."""
         self._with_failures = True
         return self
 
     def with_written_batches(self) -> ImageWriterStage:
-        """Make the transform return (files, written): the FileGroupTasks and the ImageBatches as written."""
+        """Fill WriteResult.written: the ImageBatches as written."""
         self._with_written = True
         return self
 
@@ -380,21 +439,34 @@ class ImageWriterStage(beam.PTransform):
                 )
         temp_dir = storage.join(self.output_dir, f"{TEMP_DIR_PREFIX}{uuid.uuid4().hex}")
         self.temp_dir = temp_dir  # the CLI records who owns it (beam_curator.leftovers)
-        # ImageBatch -> _WrittenShard (main) and ImageBatch (tagged 'written')
-        outputs = batches | "WriteShards" >> beam.ParDo(_WriteShardsFn(self, temp_dir)).with_outputs(
-            WRITTEN_BATCHES_TAG, FAILURES_TAG, main="shards"
-        )
+        why = fusion_break(batches) if self.mode == "auto" else None
+        self.resolved_mode = self.mode if self.mode != "auto" else "keyed" if why else "fused"
+        if why and self.mode == "auto":
+            _LOG.info("%s: keyed mode, because %s", self.stage_name, why)
+        tags = (WRITTEN_TAG, FAILURES_TAG, FILTERED_TAG, COUNTS_TAG)
+        if self.resolved_mode == "fused":
+            # ImageBatch -> WrittenShard (main); tagged: written, failures, filtered, counts
+            outputs = batches | "WriteShards" >> beam.ParDo(_WriteShardsFn(self, temp_dir)).with_outputs(
+                *tags, main="shards")
+            shards = outputs.shards
+        else:
+            # ImageBatch -> (partition, _PreparedBatch) -> (partition, [_PreparedBatch]) -> WrittenShard
+            outputs = batches | "Prepare" >> beam.ParDo(_PrepareFn(self)).with_outputs(*tags, main="keyed")
+            shards = (outputs.keyed
+                      | "GroupByPartition" >> beam.GroupByKey()
+                      | "PackPartitions" >> beam.ParDo(_PackPartitionFn(self, temp_dir)))
         files = (
-            outputs.shards
-            | "CollectCommitted" >> beam.combiners.ToList()  # [_WrittenShard], once
-            | "Finalize" >> beam.ParDo(_FinalizeFn(self.output_dir, temp_dir, self.overwrite))  # FileGroupTask
+            shards
+            | "CollectCommitted" >> beam.combiners.ToList()  # [WrittenShard], once
+            | "Commit" >> beam.ParDo(_CommitFn(self.output_dir, temp_dir, self.overwrite))  # FileGroupTask
         )
-        results = (files,)
-        if self._with_written:
-            results += (outputs[WRITTEN_BATCHES_TAG],)
-        if self._with_failures:
-            results += (outputs[FAILURES_TAG],)
-        return results if len(results) > 1 else files
+        return WriteResult(
+            files=files,
+            written=outputs[WRITTEN_TAG] if self._with_written else None,
+            failures=outputs[FAILURES_TAG] if self._with_failures else None,
+            filtered=outputs[FILTERED_TAG] if self._with_failures else None,
+            counts=outputs[COUNTS_TAG],
+        )
 
     def display_data(self):
         return {
@@ -407,4 +479,5 @@ class ImageWriterStage(beam.PTransform):
             "output_format": self.output_format or "original",
             "overwrite": self.overwrite,
             "write_index": self.write_index,
+            "mode": self.resolved_mode or self.mode,
         }

@@ -1,0 +1,244 @@
+"""The curate job: partition -> read -> your stages -> write, plus the records and `_stats.json`.
+
+`curate(inputs, output, stages=[...], **options)` is the Python entry point; the `beam-curator curate`
+command and the Flex Template build the same pipeline with build_pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from beam_curator.leftovers import find_leftovers, make_progress_dir, remove_stale_progress_dirs, write_owner
+from beam_curator.stats import STATS_FILE, RunStats
+from beam_curator.worker_output import worker_chatter_filtered
+
+__all__ = ["DEFAULT_RUNNER", "build_pipeline", "build_stages", "curate", "load_stage", "run"]
+
+DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
+_LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
+_IN_PROCESS_RUNNERS = _LOCAL_RUNNERS - {"PortableRunner"}  # the job dies with the CLI's process
+ISOLATE_DECODER = {"auto": None, "always": True, "never": False}  # ImageReaderStage(isolate_decoder)
+_LOG = logging.getLogger(__name__)
+
+
+def load_stage(spec: str):
+    """The stage `MODULE:NAME` names: an ImageBatch -> ImageBatch PTransform, or a zero-argument
+    callable returning one. The current directory is searched first, as `python -m` does."""
+    import apache_beam as beam
+
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"--stage wants MODULE:NAME (e.g. my_filters:drop_small), got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"--stage {spec}: cannot import {module_name!r}: {error}") from error
+    target = module
+    for part in name.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"--stage {spec}: {module_name} has no {name!r}")
+        target = getattr(target, part)
+    stage = target
+    if not isinstance(stage, beam.PTransform) and callable(stage):
+        try:
+            stage = target()
+        except TypeError as error:  # it wants arguments: not a stage factory
+            raise ValueError(f"--stage {spec}: {name} must be an ImageBatch -> ImageBatch PTransform or a function "
+                             f"of no arguments returning one; calling it failed: {error}") from error
+    if not isinstance(stage, beam.PTransform):
+        raise ValueError(f"--stage {spec}: {name} must be an ImageBatch -> ImageBatch PTransform or a function "
+                         f"of no arguments returning one, got {type(stage).__name__}")
+    return stage
+
+
+def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
+    """The (FilePartitioningStage, ImageReaderStage, ImageWriterStage) that `curate` args describe."""
+    from beam_curator.transforms import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+
+    partitioning = FilePartitioningStage(
+        args.inputs,
+        files_per_partition=args.files_per_partition,
+        file_extensions=[ext.strip() for ext in args.file_extensions.split(",") if ext.strip()],
+    )
+    reader = ImageReaderStage(
+        dali_batch_size=args.dali_batch_size,
+        verbose=args.reader_verbose,
+        num_threads=args.num_threads,
+        num_gpus_per_worker=args.num_gpus_per_worker,
+        max_image_pixels=args.max_image_pixels,
+        max_member_bytes=args.max_member_bytes,
+        isolate_decoder=ISOLATE_DECODER[args.isolate_decoder],
+        progress_dir=progress_dir,
+    )
+    writer = ImageWriterStage(
+        args.output,
+        images_per_tar=args.images_per_tar,
+        verbose=args.writer_verbose,
+        deterministic_name=args.deterministic_name,
+        remove_image_data=args.remove_image_data,
+        jpeg_quality=args.jpeg_quality,
+        force_reencode=args.force_reencode,
+        overwrite=args.overwrite,
+        write_index=args.write_index,
+        output_format=None if args.output_format == "original" else args.output_format,
+        mode=args.writer_mode,
+    )
+    return partitioning, reader, writer
+
+
+def _stage_label(stage, index: int) -> str:
+    return f"Stage{index}_{getattr(stage, 'stage_name', None) or type(stage).__name__}"
+
+
+def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_dir: str | None = None,
+                   stages: Sequence = ()):
+    """The curate job as a Beam pipeline, built but not run: (pipeline, number of input shards).
+
+    stages: PTransforms applied between reader and writer, after those args.stage names.
+    Touches no GPU: a Flex Template launcher, which has none, builds the job with this.
+    """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_curator import __version__
+    from beam_curator.transforms import WriteFailures, WriteFiltered
+    from beam_curator.transforms.stats import WriteRunStats
+
+    all_stages = [load_stage(spec) for spec in (getattr(args, "stage", None) or [])] + list(stages)
+    # The pipeline first: it hands its options (S3 endpoint, credentials, ...) to Beam's FileSystems,
+    # which the listing of the inputs below already uses.
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    _clean_leftovers(args.output)
+    partitioning, reader, writer = build_stages(args, progress_dir=progress_dir)
+    total_shards = sum(len(task.data) for task in partitioning.partitions())
+    _prepare_output(args.output, overwrite=args.overwrite)
+    batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling(
+        threshold=args.max_failed_fraction)
+    for index, stage in enumerate(all_stages):
+        batches = batches | _stage_label(stage, index) >> stage  # ImageBatch -> ImageBatch
+    written = batches | "ImageWriter" >> writer.with_exception_handling()
+    failures = (read_failures, written.failures) | "AllFailures" >> beam.Flatten()
+    failure_files = failures | "WriteFailures" >> WriteFailures(args.output)
+    filtered_files = written.filtered | "WriteFiltered" >> WriteFiltered(args.output)
+    options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command")}
+    options["stages"] = [getattr(stage, "stage_name", None) or stage.label for stage in all_stages]
+    pipeline | "RunStats" >> WriteRunStats(
+        args.output, counts=written.counts, files=written.files, failures=failures, filtered=written.filtered,
+        after=[failure_files, filtered_files], shards=total_shards, started=time.time(), inputs=args.inputs,
+        options=options, version=__version__)
+    runner = _beam_option(beam_args, "runner") or DEFAULT_RUNNER
+    write_owner(writer.temp_dir, runner=runner, local=runner.split(".")[-1] in _IN_PROCESS_RUNNERS)
+    return pipeline, total_shards
+
+
+def _clean_leftovers(output: str) -> None:
+    """Remove what crashed runs left (see beam_curator.leftovers); say what is kept and why."""
+    from beam_curator import storage
+
+    for leftover in find_leftovers(output):
+        if leftover.removable:
+            storage.delete_tree([leftover.path])
+            _LOG.warning("removed %s, left by an earlier run that did not finish: %s", leftover.path, leftover.why)
+        else:
+            _LOG.warning("%s was left by another run and is kept, because %s; remove it yourself if no job "
+                         "is writing into %s", leftover.path, leftover.why, output)
+
+
+def _prepare_output(output: str, *, overwrite: bool) -> None:
+    """Record files and the stats of an earlier run are output too: stop, or with overwrite remove them."""
+    from beam_curator import storage
+    from beam_curator.transforms.records import RECORD_DIRS
+
+    old = [path for directory in RECORD_DIRS for path in storage.match_files(storage.join(output, directory, "*.parquet"))]
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{output} already holds {len(old)} record file(s) of an earlier run under {'/, '.join(RECORD_DIRS)}/; "
+            "choose another output directory or pass --overwrite"
+        )
+    storage.delete_tree(old + ([storage.join(output, STATS_FILE)] if overwrite else []))
+
+
+def _beam_option(beam_args: Sequence[str], name: str) -> str | None:
+    """The value of Beam option --name in beam_args (`--name=value` or `--name value`), or None."""
+    for index, arg in enumerate(beam_args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and index + 1 < len(beam_args):
+            return beam_args[index + 1]
+    return None
+
+
+def read_stats(output: str) -> RunStats:
+    from beam_curator import storage
+
+    with storage.open_read(storage.join(output, STATS_FILE)) as handle:
+        return RunStats.from_json(handle.read().decode())
+
+
+def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()) -> RunStats | None:
+    """Run the job; its RunStats (as the job wrote them to `_stats.json`), or None with --no-wait."""
+    from beam_curator.progress import ProgressReporter
+
+    runner = _beam_option(beam_args, "runner")
+    if runner is None:
+        beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
+        runner = DEFAULT_RUNNER
+    show_progress = args.progress if args.progress is not None else runner.split(".")[-1] in _LOCAL_RUNNERS
+    remove_stale_progress_dirs()
+    progress_dir = make_progress_dir() if show_progress else None
+
+    reporter = None
+    worker_processes = _beam_option(beam_args, "direct_running_mode") == "multi_processing"
+    try:
+        pipeline, total_shards = build_pipeline(args, beam_args, progress_dir=progress_dir, stages=stages)
+        with worker_chatter_filtered(worker_processes and args.log_level != "debug") as terminal:
+            reporter = ProgressReporter(progress_dir, total_shards, time.monotonic(), terminal) if progress_dir else None
+            if reporter:
+                reporter.start()
+            result = pipeline.run()
+            if not args.wait:
+                return None
+            result.wait_until_finish()
+            if reporter:
+                reporter.stop()  # before the with block closes the stream it writes to
+    finally:
+        if reporter:
+            reporter.stop()
+        if progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
+    return read_stats(args.output)
+
+
+def curate(inputs: str | Sequence[str], output: str, *, stages: Sequence = (), pipeline_args: Sequence[str] = (),
+           **options: Any) -> RunStats:
+    """Curate shards in Python: the `beam-curator curate` job, with `stages` (ImageBatch -> ImageBatch
+    PTransforms) between reader and writer. options are the command's, with underscores
+    (images_per_tar=500, overwrite=True, ...); pipeline_args are Beam's (["--direct_num_workers=2"]).
+    Returns the run's RunStats; raises ValueError on an unknown option."""
+    import difflib
+
+    from beam_curator.cli import build_parser, curate_parser
+
+    parser = curate_parser(build_parser())
+    args = parser.parse_args([*([inputs] if isinstance(inputs, str) else list(inputs)), "--output", output])
+    known = vars(args)
+    for name, value in options.items():
+        if name in ("inputs", "output", "command") or name not in known:
+            guess = difflib.get_close_matches(name, list(known), n=1)
+            raise ValueError(f"curate() has no option {name!r}" + (f" (did you mean {guess[0]!r}?)" if guess else ""))
+        setattr(args, name, value)
+    args.command = "curate"
+    if options.get("progress") is None:
+        args.progress = False
+    stats = run(args, list(pipeline_args), stages=stages)
+    return stats
