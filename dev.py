@@ -62,6 +62,8 @@ def demo() -> None:
 
 def test(pytest_args: list[str]) -> None:
     setup()
+    if not pytest_args:  # the whole suite: lint first (ruff.toml), it takes a second
+        _run(PYTHON, "-m", "ruff", "check", ".")
     _run(PYTHON, "-m", "pytest", *(pytest_args or ["-q", "tests"]))
 
 

@@ -29,6 +29,7 @@ setup(
             "moto[server]>=5,<6",
             "setuptools>=65",
             "wheel",
+            "ruff>=0.15,<1",
         ],
         "bench": ["scikit-image>=0.22,<1"],
     },

@@ -145,10 +145,14 @@ def _jpeg_scan_blocks(frame, scan, height_width) -> int:
     v_max = max(v for _, v, _ in frame.values())
     idents = [scan[offset] for offset in range(1, 1 + 2 * scan[0], 2)]
     if len(idents) > 1:
-        mcus = -(-width // (8 * h_max)) * -(-height // (8 * v_max))
+        mcus = _ceil_div(width, 8 * h_max) * _ceil_div(height, 8 * v_max)
         return mcus * sum(frame[ident][0] * frame[ident][1] for ident in idents)
     h, v, _ = frame[idents[0]]
-    return -(-(-(-width * h // h_max)) // 8) * -(-(-(-height * v // v_max)) // 8)
+    return _ceil_div(_ceil_div(width * h, h_max), 8) * _ceil_div(_ceil_div(height * v, v_max), 8)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _jpeg_quant_tables(segment: bytes, defined: set[int]) -> str | None:

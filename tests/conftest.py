@@ -4,6 +4,7 @@ import pytest
 
 from tests.helpers import build_dataset
 
+
 def pytest_collection_modifyitems(config, items):
     from beam_curator.decoding import cuda_device_count
 

@@ -178,7 +178,7 @@ def _png_chunks(data: bytes) -> list[tuple[int, int, bytes]]:
 
 def _fix_png_crcs(data: bytearray) -> None:
     """Recompute every chunk's CRC, so that a mutation reaches the decoder past the CRC check."""
-    for position, length, kind in _png_chunks(bytes(data)):
+    for position, length, _kind in _png_chunks(bytes(data)):
         end = position + 8 + length
         if end + 4 <= len(data):
             data[end : end + 4] = struct.pack(">I", zlib.crc32(bytes(data[position + 4 : end])))

@@ -1,8 +1,8 @@
 """A corpus of broken inputs, made here: each case gives its exact failure record, and the good
 samples around it come out intact."""
 
-import glob
 import bz2
+import glob
 import gzip
 import io
 import os
@@ -446,10 +446,9 @@ def test_what_counts_as_damage():
 
 
 def test_failure_threshold_fails_the_job_above_it(tmp_path):
-    from tests.helpers import run_pipeline
-
     from beam_curator.transforms import FilePartitioningStage
     from beam_curator.transforms.image_reader import FailureThresholdExceeded
+    from tests.helpers import run_pipeline
 
     source = tmp_path / "in"
     source.mkdir()

@@ -1,4 +1,5 @@
 import glob
+import os
 
 import apache_beam as beam
 import numpy as np
@@ -71,9 +72,10 @@ def test_pipeline_converts_and_writes_parquet(tmp_path, make_dataset):
     captions = {s.key: s.caption for s in dataset.samples}
     assert all(row["caption"] == captions[row["key"]] for row in rows)
     assert all(row["embedding"] == [float(row["width"]), 1.0] for row in rows)
+    assert str(pq.read_schema(paths[0]).field("embedding").type) == "list<element: float>"  # float32, as the writer's
     documents = read_collected(docs)
     assert sum(document.num_items for document in documents) == 6
-    assert not glob.glob(f"{out}/*.tmp-*")
+    assert all(name.endswith(".parquet") and not name.startswith(".") for name in os.listdir(out))  # no temporary file
 
 
 def _embed(batch):

@@ -11,7 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_curator.image_structure import dali_problem
-from tests.decoder_fuzz import ALL_KINDS, SEED0_GPU_CRASHES, SEED0_RAW_CRASHES, base_images, make_case, run_campaign, write_malformed_shard
+from tests.decoder_fuzz import (
+    ALL_KINDS,
+    SEED0_GPU_CRASHES,
+    SEED0_RAW_CRASHES,
+    base_images,
+    make_case,
+    run_campaign,
+    write_malformed_shard,
+)
 
 
 def test_seeded_campaign_never_kills_the_decoder():

@@ -96,8 +96,9 @@ def _jpegs():
 
 @pytest.mark.parametrize("label,data", list(_jpegs()))
 def test_jpeg_size_from_the_frame_header_equals_pillows(label, data):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert _jpeg_size(data) == Image.open(io.BytesIO(data)).size == (123, 45)
 

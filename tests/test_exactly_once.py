@@ -15,8 +15,7 @@ from apache_beam.utils import shared
 
 from beam_curator import commit, storage
 from beam_curator.tasks import FileGroupTask
-from beam_curator.transforms import ImageReaderStage, ImageWriterStage
-from beam_curator.transforms import image_writer
+from beam_curator.transforms import ImageReaderStage, ImageWriterStage, image_writer
 from beam_curator.transforms.image_reader import _ReadImagesFn
 from beam_curator.webdataset import TarShardWriter
 from tests.helpers import curate, run_in_bundle

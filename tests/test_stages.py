@@ -18,8 +18,7 @@ from beam_curator.job import curate
 from beam_curator.packing import BatchOrderError, PackingOptions, PartitionPacker, prepare_image
 from beam_curator.tasks import BatchOrigin, ImageBatch, ImageObject
 from beam_curator.testing import TWO_WORKERS, StageContractError, check_stage_contract
-from beam_curator.transforms import FilePartitioningStage, ImageReaderStage, ImageWriterStage
-from beam_curator.transforms import image_writer
+from beam_curator.transforms import FilePartitioningStage, ImageReaderStage, ImageWriterStage, image_writer
 from beam_curator.transforms.image_writer import fusion_break
 from tests import stage_examples
 from tests.helpers import encode, make_image, run_in_bundle

@@ -5,7 +5,6 @@ import tarfile
 import pytest
 
 from beam_curator.webdataset import TarShardWriter, _ustar_header, iter_samples, safe_key, split_member_name
-
 from tests.helpers import Sample, write_tar
 
 

@@ -1,6 +1,6 @@
 import glob
-import json
 import io
+import json
 import os
 import tarfile
 
@@ -170,11 +170,10 @@ def test_remove_image_data_drops_pixels_on_the_written_output(tmp_path, make_dat
     for remove in (False, True):
         written_dir = str(tmp_path / f"written-{remove}")
 
-        def build(pipeline):
+        def build(pipeline, remove=remove, written_dir=written_dir):
             batches = pipeline | FilePartitioningStage(dataset.directory) | ImageReaderStage()
             writer = ImageWriterStage(str(tmp_path / f"out-{remove}"), remove_image_data=remove)
-            files, written = (batches | writer.with_written_batches())[:2]
-            collect_to(written, written_dir)
+            collect_to((batches | writer.with_written_batches()).written, written_dir)
 
         run_pipeline(build)
         (batch,) = read_collected(written_dir)

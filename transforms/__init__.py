@@ -5,10 +5,10 @@ from .convert import (
     WriteDocumentBatchesToParquet,
     convert_image_batch,
 )
-from .records import WriteFailures, WriteFiltered
 from .image_reader import ImageReaderStage, ReadResult
 from .image_writer import ImageWriterStage, WriteResult
 from .partitioning import FilePartitioningStage
+from .records import WriteFailures, WriteFiltered
 from .stages import CurationStage, Dropped, Failed, FilterImages, ScoreImages, StageOutcome
 from .stats import WriteRunStats
 

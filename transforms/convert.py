@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 import apache_beam as beam
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,11 +68,7 @@ class _WriteDocumentBatchFn(beam.DoFn):
         buffer = io.BytesIO()
         pq.write_table(_to_arrow(batch.data), buffer)
         # A retried bundle writes the same bytes under the same name; the rename makes it atomic.
-        temporary = f"{final}.tmp-{time.time_ns()}"
-        with storage.create(temporary) as handle:
-            handle.write(buffer.getvalue())
-        storage.rename_if_present(temporary, final)
-        yield final
+        yield storage.write_atomically(final, buffer.getvalue())
 
 
 def _to_arrow(frame: pd.DataFrame) -> pa.Table:
@@ -80,7 +77,9 @@ def _to_arrow(frame: pd.DataFrame) -> pa.Table:
     for column in frame.columns:
         values = frame[column].tolist()
         if any(hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0 for value in values):
-            values = [None if value is None else list(map(float, value.ravel())) for value in values]
+            # float32 lists, as the curated parquet's embedding column
+            values = pa.array([None if value is None else np.asarray(value, dtype=np.float32).ravel()
+                               for value in values], type=pa.list_(pa.float32()))
         columns[str(column)] = values
     return pa.Table.from_pydict(columns)
 

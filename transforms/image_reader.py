@@ -29,6 +29,7 @@ from beam_curator.reading import SampleRules, is_shard_damage
 from beam_curator.records import FailureRecord
 from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject
 from beam_curator.webdataset import DEFAULT_MAX_MEMBER_BYTES, SkippedMember, iter_samples, split_member_name
+
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .metrics import counter
 

@@ -41,6 +41,7 @@ from beam_curator.packing import OUTPUT_FORMATS, PackingOptions, PartitionPacker
 from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.stats import tally
 from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject, StagePerf
+
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .image_reader import _ReadImagesFn
 from .metrics import counter

@@ -31,6 +31,7 @@ import apache_beam as beam
 from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.schema import check_score_column
 from beam_curator.tasks import ImageBatch, ImageObject
+
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .metrics import counter
 
