@@ -111,7 +111,7 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_curator import __version__
-    from beam_curator.transforms import WriteFailures, WriteFiltered
+    from beam_curator.transforms import WriteRecords
     from beam_curator.transforms.stats import WriteRunStats
 
     all_stages = [load_stage(spec) for spec in (getattr(args, "stage", None) or [])] + list(stages)
@@ -128,13 +128,12 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
         batches = batches | _stage_label(stage, index) >> stage  # ImageBatch -> ImageBatch
     written = batches | "ImageWriter" >> writer.with_exception_handling()
     failures = (read_failures, written.failures) | "AllFailures" >> beam.Flatten()
-    failure_files = failures | "WriteFailures" >> WriteFailures(args.output)
-    filtered_files = written.filtered | "WriteFiltered" >> WriteFiltered(args.output)
+    record_files = (failures, written.filtered) | "WriteRecords" >> WriteRecords(args.output)
     options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command")}
     options["stages"] = [getattr(stage, "stage_name", None) or stage.label for stage in all_stages]
     pipeline | "RunStats" >> WriteRunStats(
         args.output, counts=written.counts, files=written.files, failures=failures, filtered=written.filtered,
-        after=[failure_files, filtered_files], shards=total_shards, started=time.time(), inputs=args.inputs,
+        after=[record_files], shards=total_shards, started=time.time(), inputs=args.inputs,
         options=options, version=__version__)
     runner = _beam_option(beam_args, "runner") or DEFAULT_RUNNER
     write_owner(writer.temp_dir, runner=runner, local=runner.split(".")[-1] in _IN_PROCESS_RUNNERS)

@@ -8,7 +8,7 @@ from .convert import (
 from .image_reader import ImageReaderStage, ReadResult
 from .image_writer import ImageWriterStage, WriteResult
 from .partitioning import FilePartitioningStage
-from .records import WriteFailures, WriteFiltered
+from .records import WriteFailures, WriteRecords
 from .stages import CurationStage, Dropped, Failed, FilterImages, ScoreImages, StageOutcome
 from .stats import WriteRunStats
 
@@ -26,7 +26,7 @@ __all__ = [
     "StageOutcome",
     "WriteDocumentBatchesToParquet",
     "WriteFailures",
-    "WriteFiltered",
+    "WriteRecords",
     "WriteResult",
     "WriteRunStats",
     "convert_image_batch",

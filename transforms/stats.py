@@ -2,13 +2,15 @@
 
 It runs in the job (not in the launcher), after the commit and after the record files are written,
 so template launches and `--no-wait` runs get the file too. Every figure comes from data: the stages'
-tallies that travelled with the batches, the committed tars, and the failure and filter records.
+tallies that travelled with the batches, the committed tars, and the failure and filter records. All
+of it goes through one combine (a few pipeline stages, not one per figure: each costs start-up).
 """
 
 from __future__ import annotations
 
 import datetime
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,38 +22,54 @@ from beam_curator.stats import STATS_FILE, RunStats, merge_tallies
 __all__ = ["WriteRunStats"]
 
 
-class _MergeTallies(beam.CombineFn):
-    def create_accumulator(self):
-        return {}
+class _RunFigures(beam.CombineFn):
+    """(kind, value) events -> the figures RunStats is made of."""
 
-    def add_input(self, accumulator, tally):
-        return merge_tallies([accumulator, tally])
+    def create_accumulator(self):
+        return {"tallies": {}, "images": 0, "tars": 0, "scopes": Counter(), "failed": Counter(),
+                "filtered": Counter(), "done": 0}
+
+    def add_input(self, figures, event):
+        kind, value = event
+        if kind == "tally":
+            figures["tallies"] = merge_tallies([figures["tallies"], value])
+        elif kind == "tar":
+            figures["images"] += value
+            figures["tars"] += 1
+        elif kind == "failure":
+            scope, stage = value
+            figures["scopes"][scope] += 1
+            if scope == "sample":
+                figures["failed"][stage] += 1
+        elif kind == "filtered":
+            figures["filtered"][value] += 1
+        else:  # "done": a record file was written
+            figures["done"] += 1
+        return figures
 
     def merge_accumulators(self, accumulators):
-        return merge_tallies(accumulators)
+        merged = self.create_accumulator()
+        for figures in accumulators:
+            merged["tallies"] = merge_tallies([merged["tallies"], figures["tallies"]])
+            for name in ("images", "tars", "done"):
+                merged[name] += figures[name]
+            for name in ("scopes", "failed", "filtered"):
+                merged[name].update(figures[name])
+        return merged
 
-    def extract_output(self, accumulator):
-        return accumulator
+    def extract_output(self, figures):
+        return figures
 
 
 def _utc(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _sum_pairs(pairs) -> tuple[int, int]:
-    images = tars = 0
-    for more_images, more_tars in pairs:
-        images, tars = images + more_images, tars + more_tars
-    return images, tars
-
-
-def _write_stats(_, *, output_dir, tallies, committed, failures_by_scope, failed_by_stage, filtered_by_stage,
-                 records_written, shards, started, about):
-    del records_written  # a side input only so that this runs after the record files are written
+def _write_stats(figures, *, output_dir, shards, started, about):
     finished = time.time()
     stats = RunStats.from_counts(
-        stages=tallies, written=committed[0], tars=committed[1],
-        failures_by_scope=failures_by_scope, failed_by_stage=failed_by_stage, filtered_by_stage=filtered_by_stage,
+        stages=figures["tallies"], written=figures["images"], tars=figures["tars"],
+        failures_by_scope=figures["scopes"], failed_by_stage=figures["failed"], filtered_by_stage=figures["filtered"],
         shards=shards, seconds=finished - started, started=_utc(started), finished=_utc(finished), **about)
     return storage.write_atomically(storage.join(output_dir, STATS_FILE), stats.to_json().encode())
 
@@ -73,34 +91,25 @@ class WriteRunStats(beam.PTransform):
                  started: float, inputs: Sequence[str] = (), options: dict[str, Any] | None = None, version: str = ""):
         super().__init__()
         self._output_dir = output_dir
-        self._inputs = dict(counts=counts, files=files, failures=failures, filtered=filtered)
-        self._after = list(after)
+        self._inputs = (counts, files, failures, filtered, *after)
         self._shards = shards
         self._started = started
         self._about = {"inputs": list(inputs), "options": dict(options or {}), "version": version}
 
     def expand(self, pbegin):
-        counts, files, failures, filtered = (self._inputs[name] for name in ("counts", "files", "failures", "filtered"))
-        tallies = counts | "MergeTallies" >> beam.CombineGlobally(_MergeTallies())
-        committed = (files | "TarSizes" >> beam.Map(lambda task: (int(task._metadata["num_images"]), 1))
-                     | "SumTars" >> beam.CombineGlobally(_sum_pairs))  # (images, tars)
-        by_scope = (failures | "FailureScope" >> beam.Map(lambda record: record.scope)
-                    | "CountByScope" >> beam.combiners.Count.PerElement())
-        failed = (failures | "SampleFailures" >> beam.Filter(lambda record: record.scope == "sample")
-                  | "FailedStage" >> beam.Map(lambda record: record.stage)
-                  | "CountFailedByStage" >> beam.combiners.Count.PerElement())
-        dropped = (filtered | "FilteredStage" >> beam.Map(lambda record: record.stage)
-                   | "CountFilteredByStage" >> beam.combiners.Count.PerElement())
-        after = self._after or [pbegin | "Nothing" >> beam.Create([])]
-        done = tuple(after) | "RecordFiles" >> beam.Flatten() | "CountRecordFiles" >> beam.combiners.Count.Globally()
-        side = beam.pvalue
+        counts, files, failures, filtered, *after = self._inputs
+        events = [
+            counts | "Tallies" >> beam.Map(lambda tally: ("tally", tally)),
+            files | "Tars" >> beam.Map(lambda task: ("tar", int(task._metadata["num_images"]))),
+            failures | "Failures" >> beam.Map(lambda record: ("failure", (record.scope, record.stage))),
+            filtered | "Filtered" >> beam.Map(lambda record: ("filtered", record.stage)),
+            *[pcoll | f"Done{index}" >> beam.Map(lambda _: ("done", 1)) for index, pcoll in enumerate(after)],
+        ]
         return (
-            pbegin
-            | "Once" >> beam.Create([None])
-            | "Write" >> beam.Map(
-                _write_stats, output_dir=self._output_dir, tallies=side.AsSingleton(tallies),
-                committed=side.AsSingleton(committed), failures_by_scope=side.AsDict(by_scope),
-                failed_by_stage=side.AsDict(failed), filtered_by_stage=side.AsDict(dropped),
-                records_written=side.AsSingleton(done), shards=self._shards, started=self._started,
-                about=self._about)
+            tuple(events)
+            | "Events" >> beam.Flatten()
+            # Every partition sends at least one tally, so the input is never empty: no default needed.
+            | "Figures" >> beam.CombineGlobally(_RunFigures()).without_defaults()
+            | "Write" >> beam.Map(_write_stats, output_dir=self._output_dir, shards=self._shards,
+                                  started=self._started, about=self._about)
         )
