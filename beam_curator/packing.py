@@ -136,7 +136,13 @@ class PartitionPacker:
         self.closed = False
 
     def start_batch(self, batch_index: int) -> None:
-        """Batches must come in order; the in-order guard of the fused writer."""
+        """Batches must come in order, from the partition's first; the in-order guard of the fused writer."""
+        if self._last_batch == -1 and batch_index != 0:
+            raise BatchOrderError(
+                f"batch {batch_index} of partition {self.partition} is the first of it to arrive here: its earlier "
+                "batches went elsewhere (a Reshuffle or a stage not fused with the reader split the partition) or a "
+                "stage dropped a batch element (never drop one: return it empty); use ImageWriterStage(mode='keyed'), "
+                "which gathers each partition before packing it")
         if self.closed or batch_index <= self._last_batch:
             after = "the partition's last batch" if self.closed else f"batch {self._last_batch}"
             raise BatchOrderError(

@@ -77,6 +77,13 @@ def test_template_parameters_become_the_cli_command():
     assert beam_args == ["--runner=DataflowRunner", "--project=p"]
 
 
+def test_template_stages_become_repeated_stage_options():
+    args = to_cli_args(["--inputs=gs://b/a/", "--output=gs://b/out", "--stage=my_filters:min_brightness, m:wide",
+                        "--writer_mode=keyed"])
+    parsed, _ = cli.build_parser().parse_known_args(args)
+    assert parsed.stage == ["my_filters:min_brightness", "m:wide"] and parsed.writer_mode == "keyed"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--output=o"], "inputs and output are required"),
     (["--inputs=i", "--output=o", "--overwrite=maybe"], "overwrite must be true or false"),

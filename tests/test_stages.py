@@ -136,9 +136,16 @@ def _batch(index, last, images=(), partition=0):
 def test_guard_fused_writer_refuses_batches_out_of_order(tmp_path):
     writer = ImageWriterStage(str(tmp_path / "out"), mode="fused")
     fn = image_writer._WriteShardsFn(writer, str(tmp_path / "temp"))
-    batches = [_batch(1, False, [(1, "b")]), _batch(0, False, [(0, "a")])]
-    with pytest.raises(BatchOrderError, match=r"batch 0 of partition 0 arrived after batch 1.*mode='keyed'"):
+    batches = [_batch(0, False, [(0, "a")]), _batch(2, False, [(2, "c")]), _batch(1, False, [(1, "b")])]
+    with pytest.raises(BatchOrderError, match=r"batch 1 of partition 0 arrived after batch 2.*mode='keyed'"):
         list(run_in_bundle(fn, batches))
+
+
+def test_guard_fused_writer_refuses_a_partition_that_starts_midway(tmp_path):
+    writer = ImageWriterStage(str(tmp_path / "out"), mode="fused")
+    fn = image_writer._WriteShardsFn(writer, str(tmp_path / "temp"))
+    with pytest.raises(BatchOrderError, match=r"batch 2 of partition 0 is the first of it to arrive.*mode='keyed'"):
+        list(run_in_bundle(fn, [_batch(2, True, [(1, "b")])]))
 
 
 def test_guard_a_batch_after_the_partitions_last_is_refused(tmp_path):

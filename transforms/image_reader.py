@@ -262,10 +262,7 @@ class _ProgressFile:
         self.flush()
 
     def flush(self) -> None:
-        temporary = f"{self._path}.tmp"
-        with open(temporary, "w") as handle:
-            json.dump({"shards": self._shards, "images": self._images}, handle)
-        os.replace(temporary, self._path)
+        storage.write_atomically(self._path, json.dumps({"shards": self._shards, "images": self._images}).encode())
         self._written_at = time.monotonic()
 
 
