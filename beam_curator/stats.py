@@ -19,8 +19,8 @@ __all__ = ["STATS_FILE", "RunStats", "merge_tallies", "tally"]
 
 STATS_FILE = "_stats.json"
 # Figures only the reader counts (see ImageReaderStage); summed over the stages that report them.
-READER_COUNTS = ("samples_read", "decoded", "samples_failed", "shards_read", "shards_failed", "companions_failed",
-                 "members_failed", "decoded_by_pillow")
+# (Its failures are counted from the failure records instead.)
+READER_COUNTS = ("samples_read", "decoded", "shards_read", "decoded_by_pillow")
 
 
 def tally(perfs: Iterable[StagePerf], into: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:

@@ -30,11 +30,11 @@ class StageContractError(AssertionError):
     """A stage broke the contract of docs/STAGES.md."""
 
 
-def _column(pattern: str, name: str) -> list[str]:
-    values: list[str] = []
+def _rows(pattern: str, *names: str) -> list[dict]:
+    rows: list[dict] = []
     for path in sorted(glob.glob(pattern)):
-        values += pq.read_table(path, columns=[name]).column(name).to_pylist()
-    return values
+        rows += pq.read_table(path, columns=list(names)).to_pylist()
+    return rows
 
 
 def check_stage_contract(stage, directory: str, *, shards: int = 3, images_per_shard: int = 10,
@@ -56,11 +56,10 @@ def check_stage_contract(stage, directory: str, *, shards: int = 3, images_per_s
     if not stats.reconciles:
         problems.append(stats.reconciliation())
     expected = Counter(f"{shard:04d}{index:05d}" for shard in range(shards) for index in range(images_per_shard))
-    written = _column(os.path.join(output, "*.parquet"), "original_key")
-    failed = [key for key, scope in zip(_column(os.path.join(output, "_failures", "*.parquet"), "key"),
-                                        _column(os.path.join(output, "_failures", "*.parquet"), "scope"))
-              if scope == "sample"]
-    filtered = _column(os.path.join(output, "_filtered", "*.parquet"), "key")
+    written = [row["original_key"] for row in _rows(os.path.join(output, "*.parquet"), "original_key")]
+    failed = [row["key"] for row in _rows(os.path.join(output, "_failures", "*.parquet"), "key", "scope")
+              if row["scope"] == "sample"]
+    filtered = [row["key"] for row in _rows(os.path.join(output, "_filtered", "*.parquet"), "key")]
     found = Counter(written + failed + filtered)
     if found != expected:
         missing, repeated = sorted((expected - found).elements()), sorted((found - expected).elements())

@@ -61,8 +61,3 @@ def _rebuild_without_origin(batch):
 
 def _not_last(batch) -> bool:
     return not batch.origin.last
-
-
-lose_one = beam.Map(_lose_first)
-rebuild_batch = beam.Map(_rebuild_without_origin)
-drop_last_batches = beam.Filter(_not_last)

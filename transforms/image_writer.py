@@ -104,13 +104,17 @@ class _WriterCore:
                 yield beam.pvalue.TaggedOutput(FILTERED_TAG if isinstance(record, FilterRecord) else FAILURES_TAG,
                                                record)
 
-    def _prepare(self, batch: ImageBatch) -> Iterator:
-        """PreparedImage per writable image in order; a FailureRecord (tagged) for each that is not."""
+    def _prepared(self, batch: ImageBatch):
+        """Take the batch (see _take), then prepare its images: yields a FailureRecord (tagged) for
+        each image that cannot be written, and returns the PreparedImages of the others, in order."""
+        yield from self._take(batch)
+        prepared = []
         for obj in batch.data:
             try:
-                yield prepare_image(obj, self._options)
+                prepared.append(prepare_image(obj, self._options))
             except (ValueError, TypeError) as error:  # bad pixels from a stage: this image fails alone
                 yield from self._fail(obj, error)
+        return prepared
 
     def _fail(self, obj: ImageObject, error: Exception) -> Iterator:
         source, _, member = obj.image_path.partition("#")
@@ -118,7 +122,6 @@ class _WriterCore:
                                error_class=type(error).__name__, message=str(error))
         counter("images_write_failed").inc()
         _LOG.warning("could not write %s: %s: %s", obj.image_path or obj.image_id, record.error_class, record.message)
-        self._own_counts["failed"] += 1
         if self._emit_records:
             yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
 
@@ -132,9 +135,13 @@ class _WriterCore:
         written.add_stage_perf(self._stage_name, time.perf_counter() - started, len(objects))
         return written
 
-    def _record_own(self, started: float, came_in: int, written: int) -> None:
-        tally([StagePerf(self._stage_name, time.perf_counter() - started, written,
-                           {"in": came_in, "written": written, "failed": self._own_counts["failed"]})], self._tally)
+    def _written(self, batch: ImageBatch, prepared: list[PreparedImage], started: float) -> Iterator:
+        """Count the batch as written (this writer's own tally), and emit it tagged if asked."""
+        counter("images_written").inc(len(prepared))
+        counts = {"in": batch.num_items, "written": len(prepared), "failed": batch.num_items - len(prepared)}
+        tally([StagePerf(self._stage_name, time.perf_counter() - started, len(prepared), counts)], self._tally)
+        if self._emit_written:
+            yield beam.pvalue.TaggedOutput(WRITTEN_TAG, self._written_copy(batch, prepared, started))
 
     def _counts_output(self):
         """The bundle's tally, windowed (it leaves from finish_bundle)."""
@@ -157,31 +164,22 @@ class _WriteShardsFn(_WriterCore, beam.DoFn):
     def process(self, batch: ImageBatch) -> Iterator:
         # ImageBatch -> WrittenShard per closed tar; tagged: records, the batch as written
         started = time.perf_counter()
-        self._own_counts = {"failed": 0}
-        yield from self._take(batch)
+        prepared = yield from self._prepared(batch)
         origin: BatchOrigin = batch.origin
         packer = self._packers.get(origin.partition)
         if packer is None:
             packer = self._packers[origin.partition] = PartitionPacker(
                 origin.partition, origin.source_files, batch.dataset_name, self._options, self._attempt_dir)
         packer.start_batch(origin.batch_index)
-        prepared = []
-        for item in self._prepare(batch):
-            if isinstance(item, PreparedImage):
-                prepared.append(item)
-                closed = packer.add(item)
-                if closed is not None:
-                    yield self._log(closed)
-            else:
-                yield item
+        for image in prepared:
+            closed = packer.add(image)
+            if closed is not None:
+                yield self._log(closed)
         if origin.last:
             closed = packer.finish()
             if closed is not None:
                 yield self._log(closed)
-        counter("images_written").inc(len(prepared))
-        self._record_own(started, batch.num_items, len(prepared))
-        if self._emit_written:
-            yield beam.pvalue.TaggedOutput(WRITTEN_TAG, self._written_copy(batch, prepared, started))
+        yield from self._written(batch, prepared, started)
 
     def finish_bundle(self):
         # Partitions whose last batch a stage dropped: close what they have.
@@ -216,18 +214,8 @@ class _PrepareFn(_WriterCore, beam.DoFn):
     def process(self, batch: ImageBatch) -> Iterator:
         # ImageBatch -> (partition, _PreparedBatch); tagged: records, the batch as written
         started = time.perf_counter()
-        self._own_counts = {"failed": 0}
-        yield from self._take(batch)
-        prepared = []
-        for item in self._prepare(batch):
-            if isinstance(item, PreparedImage):
-                prepared.append(item)
-            else:
-                yield item
-        counter("images_written").inc(len(prepared))
-        self._record_own(started, batch.num_items, len(prepared))
-        if self._emit_written:
-            yield beam.pvalue.TaggedOutput(WRITTEN_TAG, self._written_copy(batch, prepared, started))
+        prepared = yield from self._prepared(batch)
+        yield from self._written(batch, prepared, started)
         yield batch.origin.partition, _PreparedBatch(batch.origin, batch.dataset_name,
                                                      [image.without_pixels() for image in prepared])
 
