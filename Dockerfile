@@ -34,7 +34,8 @@ WORKDIR /opt/beam_curator
 COPY setup.py README.md metadata.json ./
 COPY beam_curator ./beam_curator
 COPY transforms ./transforms
-RUN pip install . && pip check
+# [gpu]: onnxruntime-gpu (CUDA 12, as DALI's cuda120 build) for the model stages; torch is not needed.
+RUN pip install ".[gpu]" && pip check
 
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/beam_curator/beam_curator/flex_template.py
 ENTRYPOINT ["/opt/apache/beam/boot"]

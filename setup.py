@@ -1,5 +1,9 @@
 from setuptools import setup
 
+TOKENIZERS = ["tokenizers>=0.20,<1"]
+MODELS = ["onnxruntime>=1.20,<2", *TOKENIZERS]
+EXPORT = ["torch>=2.4", "transformers>=4.45,<6", "safetensors>=0.4,<1", "onnx>=1.16,<2", *TOKENIZERS]
+
 setup(
     name="beam-curator",
     version="0.1.0",
@@ -20,6 +24,13 @@ setup(
         "tqdm>=4.60,<5",
     ],
     extras_require={
+        # The model stages (--model-dir): ONNX Runtime on the CPU. GPU workers install [gpu] instead:
+        # onnxruntime-gpu is the same module with the CUDA provider; 1.22-1.26 are built for CUDA 12,
+        # as nvidia-dali-cuda120 is (1.27 and later want CUDA 13, and DALI's nvidia-dali-cuda130).
+        "models": MODELS,
+        "gpu": ["onnxruntime-gpu>=1.22,<1.27", *TOKENIZERS],
+        # export-models only: torch and transformers read the checkpoints and write ONNX.
+        "export": EXPORT,
         "test": [
             "pytest>=8,<10",
             "webdataset==1.0.2",
@@ -30,6 +41,10 @@ setup(
             "setuptools>=65",
             "wheel",
             "ruff>=0.15,<1",
+            # The CPU build this project's CI machines hold locally; any torch >= 2.4 works for the tests.
+            "torch==2.13.0",
+            *MODELS,
+            *EXPORT,
         ],
         "bench": ["scikit-image>=0.22,<1"],
     },

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from beam_curator.decoding import DEFAULT_MAX_IMAGE_PIXELS  # the core modules import no Beam, no DALI
-from beam_curator.job import ISOLATE_DECODER, build_pipeline, build_stages, run
+from beam_curator.job import ISOLATE_DECODER, SCORES, build_pipeline, build_stages, run
 from beam_curator.stats import RunStats
 from beam_curator.webdataset import DEFAULT_MAX_MEMBER_BYTES
 
@@ -53,6 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     reader.add_argument("--isolate-decoder", choices=sorted(ISOLATE_DECODER), default="auto",
                         help="decode in a child process, so a native decoder crash fails one image "
                         "(auto: on the GPU only)")
+    models = curate.add_argument_group(
+        "models", "CLIP embeddings and the aesthetic, NSFW and CLIP-score filters (ImageEmbeddingStage, "
+        "ImageAestheticFilterStage, ImageNSFWFilterStage, ImageTextSimilarityFilterStage) on the models of "
+        "MODEL_DIR (beam-curator export-models); nothing here runs without --model-dir")
+    models.add_argument("--model-dir", metavar="MODEL_DIR", help="the directory export-models wrote (local, gs://, s3://)")
+    models.add_argument("--embed", action="store_true", help="store the CLIP embedding of each image in the parquet")
+    models.add_argument("--scores", metavar="LIST", default="",
+                        help=f"comma-separated scores to compute without filtering: {', '.join(SCORES)}")
+    models.add_argument("--aesthetic-threshold", type=float, metavar="X",
+                        help="keep images with aesthetic_score >= X")
+    models.add_argument("--nsfw-threshold", type=float, metavar="X", help="keep images with nsfw_score < X")
+    models.add_argument("--clip-score-threshold", type=float, metavar="X",
+                        help="keep images whose CLIP image-caption similarity is >= X (samples without a caption "
+                        "are kept unless --drop-uncaptioned)")
+    models.add_argument("--drop-uncaptioned", action="store_true",
+                        help="with the CLIP score: drop samples that have no .txt caption")
+    models.add_argument("--model-batch-size", type=int, default=32,
+                        help="images per model call (model_inference_batch_size)")
     curate.add_argument("--stage", action="append", metavar="MODULE:NAME",
                         help="a curation stage between reader and writer: an ImageBatch -> ImageBatch PTransform, "
                         "or a function of no arguments returning one (repeatable; applied in order)")
@@ -86,6 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     for action in curate._actions:  # "N" reads better in --help than FILES_PER_PARTITION
         if action.metavar is None and action.type in (int, float):
             action.metavar = "N" if action.type is int else "X"
+
+    export = commands.add_parser(
+        "export-models", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="export a Hugging Face CLIP checkpoint and the aesthetic and NSFW heads to ONNX (MODEL_DIR)",
+        description="Export CLIP's image and text towers, the tokenizer and the heads to ONNX files plus a "
+        "manifest, for curate --model-dir. Needs torch and transformers: pip install 'beam-curator[export]'.")
+    export.add_argument("--clip", metavar="HF_DIR", help="a Hugging Face CLIP checkpoint directory "
+                        "(config.json, weights, tokenizer and preprocessor files), e.g. openai/clip-vit-large-patch14")
+    export.add_argument("--aesthetic", metavar="FILE", help="the LAION improved aesthetic predictor's state dict "
+                        "(.safetensors or .pth)")
+    export.add_argument("--nsfw", metavar="FILE", help="the LAION CLIP-based NSFW detector's state dict (torch port; "
+                        ".safetensors or .pth)")
+    export.add_argument("--fp16", action="store_true", help="the CLIP towers in float16 (for GPU workers)")
+    export.add_argument("--from-hub", metavar="DOWNLOAD_DIR", help="download NeMo Curator's checkpoints "
+                        "(ViT-L/14, the aesthetic and NSFW heads) into DOWNLOAD_DIR first (needs internet)")
+    export.add_argument("--output", required=True, metavar="MODEL_DIR", help="where to write (local, gs://, s3://)")
 
     sample = commands.add_parser("make-sample", help="write a small sample WebDataset to try the pipeline on",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -168,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("(options that are not curate's must be Apache Beam pipeline options; see "
                   "beam-curator curate --help)", file=sys.stderr)
             return 2
+    if args.command == "export-models":
+        if beam_args:
+            raise SystemExit(f"export-models: unrecognized arguments: {' '.join(beam_args)}")
+        return _export_models(args)
     if args.command == "make-sample":
         if beam_args:
             raise SystemExit(f"make-sample: unrecognized arguments: {' '.join(beam_args)}")
@@ -198,6 +236,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print(stats.reconciliation())
     return 0 if stats.reconciles else 3
+
+
+def _export_models(args: argparse.Namespace) -> int:
+    from beam_curator.model_export import download_from_hub, export_models
+
+    sources = None
+    if args.from_hub:
+        sources = download_from_hub(args.from_hub)
+        args.clip, args.aesthetic, args.nsfw = (args.clip or sources["clip"], args.aesthetic or sources["aesthetic"],
+                                                args.nsfw or sources["nsfw"])
+    if not args.clip:
+        print("beam-curator export-models: error: --clip HF_DIR (or --from-hub DOWNLOAD_DIR) is required",
+              file=sys.stderr)
+        return 2
+    try:
+        manifest = export_models(args.clip, args.output, aesthetic=args.aesthetic, nsfw=args.nsfw, sources=sources,
+                                 fp16=args.fp16)
+    except (ValueError, FileNotFoundError, ImportError, OSError) as error:
+        print(f"beam-curator export-models: error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {', '.join(manifest['files'])} ({manifest['embedding_dim']}-dimensional embeddings, "
+          f"{manifest['dtype']}) to {args.output}")
+    return 0
 
 
 def console_main() -> None:

@@ -20,12 +20,14 @@ from beam_curator.leftovers import find_leftovers, make_progress_dir, remove_sta
 from beam_curator.stats import STATS_FILE, RunStats
 from beam_curator.worker_output import worker_chatter_filtered
 
-__all__ = ["DEFAULT_RUNNER", "build_pipeline", "build_stages", "curate", "load_stage", "run"]
+__all__ = ["DEFAULT_RUNNER", "SCORES", "build_model_stages", "build_pipeline", "build_stages", "curate", "load_stage",
+           "run"]
 
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
 _IN_PROCESS_RUNNERS = _LOCAL_RUNNERS - {"PortableRunner"}  # the job dies with the CLI's process
 ISOLATE_DECODER = {"auto": None, "always": True, "never": False}  # ImageReaderStage(isolate_decoder)
+SCORES = ("aesthetic", "nsfw", "clip")  # curate --scores
 _LOG = logging.getLogger(__name__)
 
 
@@ -92,8 +94,46 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
         write_index=args.write_index,
         output_format=None if args.output_format == "original" else args.output_format,
         mode=args.writer_mode,
+        # With --model-dir, embeddings are stored only when asked for (--embed): filters need them, readers may not.
+        write_embeddings=bool(args.embed or not args.model_dir),
     )
     return partitioning, reader, writer
+
+
+def build_model_stages(args: argparse.Namespace) -> list:
+    """The model stages `curate` args ask for, in order: ImageEmbeddingStage, then the aesthetic, NSFW
+    and CLIP-score stages that --scores or a threshold name. Empty without --model-dir (and then
+    nothing model-related is imported); ValueError for model options without it."""
+    scores = [name.strip() for name in (args.scores or "").split(",") if name.strip()]
+    unknown = sorted(set(scores) - set(SCORES))
+    if unknown:
+        raise ValueError(f"--scores takes a comma-separated list of {', '.join(SCORES)}; unknown: {', '.join(unknown)}")
+    thresholds = {"aesthetic": args.aesthetic_threshold, "nsfw": args.nsfw_threshold, "clip": args.clip_score_threshold}
+    wanted = [name for name in SCORES if name in scores or thresholds[name] is not None]
+    if not args.model_dir:
+        asked = ([f"--scores {args.scores}"] if scores else []) + (["--embed"] if args.embed else []) + [
+            f"--{name.replace('clip', 'clip-score')}-threshold" for name in SCORES if thresholds[name] is not None]
+        if asked:
+            raise ValueError(f"{', '.join(asked)} {'needs' if len(asked) == 1 else 'need'} --model-dir MODEL_DIR "
+                             "(the directory `beam-curator export-models` wrote)")
+        return []
+    from beam_curator.transforms import (
+        ImageAestheticFilterStage,
+        ImageEmbeddingStage,
+        ImageNSFWFilterStage,
+        ImageTextSimilarityFilterStage,
+    )
+
+    common = {"num_gpus_per_worker": args.num_gpus_per_worker, "model_inference_batch_size": args.model_batch_size}
+    stages = [ImageEmbeddingStage(args.model_dir, **common)]
+    filters = {"aesthetic": ImageAestheticFilterStage, "nsfw": ImageNSFWFilterStage}
+    for name in wanted:
+        if name == "clip":
+            stages.append(ImageTextSimilarityFilterStage(args.model_dir, **common, score_threshold=thresholds[name],
+                                                         drop_without_caption=args.drop_uncaptioned))
+        else:
+            stages.append(filters[name](args.model_dir, **common, score_threshold=thresholds[name]))
+    return stages
 
 
 def _stage_label(stage, index: int) -> str:
@@ -114,10 +154,11 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     from beam_curator.transforms import WriteRecords
     from beam_curator.transforms.stats import WriteRunStats
 
-    all_stages = [load_stage(spec) for spec in (getattr(args, "stage", None) or [])] + list(stages)
     # The pipeline first: it hands its options (S3 endpoint, credentials, ...) to Beam's FileSystems,
-    # which the listing of the inputs below already uses.
+    # which the model stages' manifest and the listing of the inputs below already use.
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    all_stages = (build_model_stages(args) + [load_stage(spec) for spec in (getattr(args, "stage", None) or [])]
+                  + list(stages))
     _clean_leftovers(args.output)
     partitioning, reader, writer = build_stages(args, progress_dir=progress_dir)
     total_shards = sum(len(task.data) for task in partitioning.partitions())

@@ -45,6 +45,7 @@ class PackingOptions:
     output_format: str | None = None
     write_index: bool = False
     deterministic_name: bool = True
+    write_embeddings: bool = True  # False: the parquet's embedding column stays null (stages still use them)
 
     def naming_options(self) -> dict:
         """What the deterministic `{hash}` of the names digests besides the source files."""
@@ -186,7 +187,8 @@ class PartitionPacker:
         member_names = shard.writer.write_sample(key, members)
         shard.rows.append(
             MetadataRow.for_image(obj, key=key, tar_file=f"{shard.basename}.tar", member_name=member_names[0],
-                                  image_format=image.extension, width=image.width, height=image.height))
+                                  image_format=image.extension, width=image.width, height=image.height,
+                                  with_embedding=self._options.write_embeddings))
 
     def _close(self) -> WrittenShard:
         shard, self._shard = self._shard, None

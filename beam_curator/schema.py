@@ -30,6 +30,7 @@ METADATA_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("aesthetic_score", pa.float64()),
         pa.field("nsfw_score", pa.float64()),
+        pa.field("clip_score", pa.float64()),  # image-caption cosine (ImageTextSimilarityFilterStage)
         pa.field("embedding", pa.list_(pa.float32())),
         pa.field("caption", pa.string()),
         pa.field("metadata", pa.string()),  # JSON text
@@ -52,6 +53,7 @@ class MetadataRow:
     height: int | None
     aesthetic_score: float | None
     nsfw_score: float | None
+    clip_score: float | None
     embedding: list[float] | None
     caption: str | None
     metadata: str
@@ -60,10 +62,10 @@ class MetadataRow:
     @classmethod
     def for_image(
         cls, obj: ImageObject, *, key: str, tar_file: str, member_name: str, image_format: str,
-        width: int | None, height: int | None,
+        width: int | None, height: int | None, with_embedding: bool = True,
     ) -> "MetadataRow":
         embedding = None
-        if obj.embedding is not None:
+        if obj.embedding is not None and with_embedding:
             embedding = np.asarray(obj.embedding, dtype=np.float32).ravel().tolist()
         return cls(
             image_id=obj.image_id,
@@ -77,22 +79,27 @@ class MetadataRow:
             height=height,
             aesthetic_score=None if obj.aesthetic_score is None else float(obj.aesthetic_score),
             nsfw_score=None if obj.nsfw_score is None else float(obj.nsfw_score),
+            clip_score=None if obj.scores.get("clip_score") is None else float(obj.scores["clip_score"]),
             embedding=embedding,
             caption=obj.caption,
             metadata=obj.metadata_json(),
-            scores={name: None if value is None else float(value) for name, value in obj.scores.items()},
+            scores={name: None if value is None else float(value) for name, value in obj.scores.items()
+                    if name not in METADATA_SCHEMA.names},
         )
 
 
-_NEMO_SCORES = ("aesthetic_score", "nsfw_score")  # ImageObject attributes with columns of their own
+# Score columns of the fixed schema: NeMo Curator's two (ImageObject attributes) and clip_score (kept in
+# ImageObject.scores, like any other score, but always a column so that readers can rely on it).
+SCORE_COLUMNS = ("aesthetic_score", "nsfw_score", "clip_score")
 
 
 def check_score_column(column: str) -> str:
-    """column, if a stage may store scores under it: a new name, or one of NeMo Curator's score columns
-    (`aesthetic_score`, `nsfw_score`, kept on their ImageObject attributes). ValueError otherwise."""
+    """column, if a stage may store scores under it: a new name, or one of the fixed score columns
+    (`aesthetic_score`, `nsfw_score`: kept on their ImageObject attributes; `clip_score`). ValueError
+    otherwise."""
     if not isinstance(column, str) or not column.isidentifier():
-        raise ValueError(f"a score column must be a name like 'clip_score', got {column!r}")
-    if column in METADATA_SCHEMA.names and column not in _NEMO_SCORES:
+        raise ValueError(f"a score column must be a name like 'sharpness', got {column!r}")
+    if column in METADATA_SCHEMA.names and column not in SCORE_COLUMNS:
         raise ValueError(f"{column!r} is one of the parquet's fixed columns {METADATA_SCHEMA.names}; choose "
                          "another name for the score")
     return column

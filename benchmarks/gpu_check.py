@@ -5,11 +5,14 @@
   2. a larger GPU crash-fuzz campaign, through the decoder as the reader uses it on a GPU worker
      (isolated in a child process) and in process;
   3. the GPU benchmark: DALI 'mixed' decode-only vs `curate` on the GPU, with the CPU beside them
-     (benchmarks/gpu_decode.py).
+     (benchmarks/gpu_decode.py);
+  4. the model path on the GPU: a ViT-L/14-sized CLIP (random weights) exported in fp16, bare
+     onnxruntime vs `curate --embed --scores aesthetic,nsfw` (benchmarks/models.py --device gpu). It
+     needs onnxruntime-gpu in place of onnxruntime (`pip install '.[gpu]'`); without it the step fails
+     and says so.
 
 It prints one table and writes benchmarks/results/gpu-<date>.json. Where no CUDA device is visible it
-stops at once with exit status 2 and says so. The model half of the GPU check (a ViT-L/14-sized fp16
-ONNX model bare vs in the pipeline) waits for the embedding stage.
+stops at once with exit status 2 and says so.
 """
 
 from __future__ import annotations
@@ -79,13 +82,18 @@ def main(argv: list[str] | None = None) -> int:
                                    "--cases", str(args.cases), "--seed", "11"], 150),
         _step("benchmark", [python, os.path.join("benchmarks", "gpu_decode.py"), "--shards", str(args.shards),
                             "--rounds", "3", "--json", bench_json], 240),
+        _step("models", [python, os.path.join("benchmarks", "run.py"), "--models", "--device", "gpu", "--model-size",
+                         "vit-l-14", "--fp16", "--rounds", "2", "--name", f"gpu-{stamp}", "--results", args.results],
+              300),
     ]
     print(f"\ngpu-check on {device} ({platform.node()})")
     print("| step | exit | seconds |\n|---|---|---|")
     for step in steps:
         print(f"| {step['name']} | {step['exit']} | {step['seconds']} |")
+    models_json = os.path.join(args.results, f"gpu-{stamp}-models.json")
     report = {"device": device, "host": platform.node(), "when": stamp, "steps": steps,
-              "benchmark": json.load(open(bench_json)) if os.path.exists(bench_json) else None}
+              "benchmark": json.load(open(bench_json)) if os.path.exists(bench_json) else None,
+              "models": json.load(open(models_json)) if os.path.exists(models_json) else None}
     path = os.path.join(args.results, f"gpu-{stamp}.json")
     with open(path, "w") as handle:
         json.dump(report, handle, indent=1)

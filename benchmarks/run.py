@@ -12,6 +12,8 @@ benchmarks/results/<name>.json and, with --update-docs, the table in docs/PERFOR
     python3 dev.py bench --small         # a few hundred images, one round (what CI runs)
     python3 dev.py bench --rss-check     # also peak RSS of (c) at 2,000 and 20,000 images
     python3 dev.py bench --shards 80 --doc-block bench-large --update-docs   # 20,000 images
+    python3 dev.py bench --models        # the model path: curate with CLIP + heads vs bare onnxruntime
+                                         # (benchmarks/models.py; 2 x 250 images, 3 rounds)
 
 (a) times the decode loop only; (b), (c) and (d) are whole processes, timed from start to exit, as a
 user would time them: the ratios use those times. For (c) and (d) the table also shows the job alone
@@ -208,8 +210,8 @@ def _summary(samples: list[dict], images: int, megapixels: float) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--images-per-shard", type=int, default=250)
+    parser.add_argument("--shards", type=int, default=None, help="default 8 (2 with --models)")
+    parser.add_argument("--images-per-shard", type=int, default=None, help="default 250")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--batch", type=int, default=100)
@@ -221,9 +223,24 @@ def main(argv=None) -> int:
                              "<!-- NAME:begin --> and <!-- NAME:end -->; default: bench)")
     parser.add_argument("--name", default=None, help="results file name (default: from the date)")
     parser.add_argument("--results", default=RESULTS, help="directory of the results files")
+    parser.add_argument("--models", action="store_true", help="the model path instead (benchmarks/models.py); "
+                        "--shards defaults to 2 there (500 images)")
+    parser.add_argument("--model-batch", type=int, default=32, help="images per model call (with --models)")
+    parser.add_argument("--model-size", choices=["vit-b-32", "vit-l-14"], default="vit-b-32",
+                        help="the random CLIP's architecture (with --models)")
+    parser.add_argument("--fp16", action="store_true", help="export the CLIP towers in float16 (with --models)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the models run (with --models)")
     args = parser.parse_args(argv)
+    default_size = ((1, 20) if args.small else (2, 250)) if args.models else ((4, 50) if args.small else (8, 250))
+    args.shards = args.shards or default_size[0]
+    args.images_per_shard = args.images_per_shard or default_size[1]
     if args.small:
-        args.shards, args.images_per_shard, args.rounds = 4, 50, 1
+        args.rounds = 1
+    if args.models:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import models
+
+        return models.main(args, sys.modules[__name__])
 
     source = make_dataset(args.shards, args.images_per_shard)
     images, megapixels, blobs = dataset_figures(source)
@@ -312,6 +329,15 @@ def table(result: dict) -> str:
 
 
 def update_docs(result: dict, block: str = "bench") -> None:
+    dataset = result["dataset"]
+    replace_doc_block(block, f"Run {result['when']} on {result['machine']['cpus']} CPUs ({result['machine']['platform']}): "
+                             f"{dataset['images']} images, {dataset['megapixels']:.0f} MP, {result['options']['threads']} "
+                             f"DALI threads, batch {result['options']['batch']}, {result['options']['rounds']} interleaved "
+                             f"rounds.\n\n{table(result)}")
+
+
+def replace_doc_block(block: str, content: str) -> None:
+    """Replace what lies between <!-- block:begin --> and <!-- block:end --> in docs/PERFORMANCE.md."""
     begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     with open(DOC) as handle:
         text = handle.read()
@@ -319,13 +345,8 @@ def update_docs(result: dict, block: str = "bench") -> None:
         raise SystemExit(f"{DOC} has no {begin} ... {end} block to replace")
     head, _, rest = text.partition(begin)
     _, _, tail = rest.partition(end)
-    dataset = result["dataset"]
-    block = (f"{begin}\nRun {result['when']} on {result['machine']['cpus']} CPUs ({result['machine']['platform']}): "
-             f"{dataset['images']} images, {dataset['megapixels']:.0f} MP, {result['options']['threads']} DALI threads, "
-             f"batch {result['options']['batch']}, {result['options']['rounds']} interleaved rounds.\n\n"
-             f"{table(result)}\n{end}")
     with open(DOC, "w") as handle:
-        handle.write(head + block + tail)
+        handle.write(f"{head}{begin}\n{content}\n{end}{tail}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def test_dockerfile_versions_agree_with_setup_py():
     assert re.search(r"^FROM nvidia/cuda:12\.[0-9.]+-\S*runtime\S*$", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in dockerfile
     assert "apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in dockerfile
+    assert 'pip install ".[gpu]"' in dockerfile  # onnxruntime-gpu for the model stages
     assert "ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/beam_curator/beam_curator/flex_template.py" in dockerfile
     assert os.path.exists(os.path.join(ROOT, "beam_curator", "flex_template.py"))
 
@@ -56,7 +57,8 @@ def test_metadata_and_cli_options_agree_both_ways():
         assert parameter["helpText"] and parameter["label"]
         is_bool = isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction))
         examples = (["true", "false"] if is_bool else [str(action.default)] if action.default is not None
-                    else ["my_filters:drop_small,m.sub:make"] if name == "stage" else ["gs://b/x"])
+                    else ["my_filters:drop_small,m.sub:make"] if name == "stage"
+                    else ["0.5", "-1e-3", "5"] if action.type is float else ["gs://b/x"])
         for example in examples:  # the regexes accept the CLI's own defaults
             assert any(re.match(regex, example) for regex in parameter["regexes"]), (name, example)
 

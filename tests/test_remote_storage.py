@@ -82,3 +82,42 @@ def test_library_round_trip_with_credentials_from_the_environment(s3_endpoint, t
     curate("s3://env-bucket/input/*.tar", "s3://env-bucket/output", writer={"images_per_tar": 10},
            extra_options=[f"--s3_endpoint_url={s3_endpoint}", "--s3_region_name=us-east-1"])
     _check_output(s3, "env-bucket", samples)
+
+
+def test_model_dir_on_s3_is_copied_once_and_checked(s3_endpoint, tmp_path, monkeypatch, exported_models, capsys):
+    """MODEL_DIR on s3://: each file copied into the local cache, checked against the manifest; a
+    cached copy that still matches is reused, one that does not is copied again."""
+    import glob
+    import os
+
+    from beam_curator.model_dir import CACHE_ENV
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    s3 = _client(s3_endpoint)
+    s3.create_bucket(Bucket="models")
+    for name in os.listdir(exported_models.model_dir):
+        s3.upload_file(os.path.join(exported_models.model_dir, name), "models", f"clip/{name}")
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    write_tar(str(inputs / "a.tar"), make_samples(0, 6))
+    options = [f"--s3_endpoint_url={s3_endpoint}", "--s3_region_name=us-east-1", "--no-progress"]
+
+    def run(output):
+        code = cli.main(["curate", str(inputs), "--output", str(tmp_path / output), "--model-dir", "s3://models/clip",
+                         "--scores", "aesthetic,nsfw,clip", "--embed", *options])
+        assert code == 0, capsys.readouterr().err
+        return pq.read_table(glob.glob(str(tmp_path / output / "*.parquet"))).to_pylist()
+
+    first = run("first")
+    copied = sorted(os.path.basename(path) for path in glob.glob(str(cache / "*" / "*")))
+    assert copied == ["aesthetic_head.onnx", "image_encoder.onnx", "nsfw_head.onnx", "text_encoder.onnx",
+                      "tokenizer.json"]
+    (damaged,) = glob.glob(str(cache / "*" / "nsfw_head.onnx"))
+    with open(damaged, "r+b") as handle:  # a cached copy gone bad is not used: copied again
+        handle.write(b"\0\0\0\0")
+    second = run("second")
+    assert [row["nsfw_score"] for row in second] == [row["nsfw_score"] for row in first]
+    assert all(row["embedding"] and row["clip_score"] is not None for row in first)

@@ -7,6 +7,12 @@ from .convert import (
 )
 from .image_reader import ImageReaderStage, ReadResult
 from .image_writer import ImageWriterStage, WriteResult
+from .model_stages import (
+    ImageAestheticFilterStage,
+    ImageEmbeddingStage,
+    ImageNSFWFilterStage,
+    ImageTextSimilarityFilterStage,
+)
 from .partitioning import FilePartitioningStage
 from .records import WriteFailures, WriteRecords
 from .stages import CurationStage, Dropped, Failed, FilterImages, ScoreImages, StageOutcome
@@ -19,7 +25,11 @@ __all__ = [
     "Failed",
     "FilePartitioningStage",
     "FilterImages",
+    "ImageAestheticFilterStage",
+    "ImageEmbeddingStage",
+    "ImageNSFWFilterStage",
     "ImageReaderStage",
+    "ImageTextSimilarityFilterStage",
     "ImageWriterStage",
     "ReadResult",
     "ScoreImages",

@@ -23,10 +23,11 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 def convert_image_batch(task: ImageBatch, fields: Sequence[str], name: str) -> DocumentBatch:
     """NeMo Curator's semantics: the named ImageObject attributes as columns (None where an object
-    lacks one); only image_id when no field is named."""
+    lacks one); only image_id when no field is named. A score a stage stored under a column of its
+    own (clip_score, ...) is a field too."""
     started = time.perf_counter()
     if fields:
-        data = {field: [getattr(obj, field, None) for obj in task.data] for field in fields}
+        data = {field: [_field(obj, field) for obj in task.data] for field in fields}
     else:
         data = {"image_id": [obj.image_id for obj in task.data]}
     result = DocumentBatch(
@@ -38,6 +39,12 @@ def convert_image_batch(task: ImageBatch, fields: Sequence[str], name: str) -> D
     )
     result.add_stage_perf(name, time.perf_counter() - started, len(task.data))
     return result
+
+
+def _field(obj, name: str):
+    if hasattr(obj, name):
+        return getattr(obj, name)
+    return obj.scores.get(name)
 
 
 class ConvertImageBatchToDocumentBatchStage(beam.PTransform):

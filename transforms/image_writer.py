@@ -357,6 +357,8 @@ class ImageWriterStage(beam.PTransform):
         in order); "keyed" shuffles encoded bytes by partition first (right behind any shuffle);
         "auto" (default) chooses from the pipeline graph (see the module's docstring). The output
         is the same in both.
+      write_embeddings: False leaves the parquet's `embedding` column empty: the embeddings were
+        computed for filters only (`curate` without --embed).
 
     Returns a WriteResult (files, written, failures, filtered, counts).
     """
@@ -376,6 +378,7 @@ class ImageWriterStage(beam.PTransform):
         write_index: bool = False,
         output_format: str | None = None,
         mode: str = "auto",
+        write_embeddings: bool = True,
     ):
         super().__init__()
         if not output_dir or not isinstance(output_dir, str):
@@ -403,7 +406,8 @@ class ImageWriterStage(beam.PTransform):
         self.resolved_mode: str | None = None  # set when applied
         self.packing_options = PackingOptions(
             images_per_tar=images_per_tar, jpeg_quality=jpeg_quality, force_reencode=force_reencode,
-            output_format=output_format, write_index=write_index, deterministic_name=deterministic_name)
+            output_format=output_format, write_index=write_index, deterministic_name=deterministic_name,
+            write_embeddings=write_embeddings)
         self._with_written = False
         self._with_failures = False
 
@@ -466,6 +470,7 @@ class ImageWriterStage(beam.PTransform):
             "jpeg_quality": self.jpeg_quality,
             "force_reencode": self.force_reencode,
             "output_format": self.output_format or "original",
+            "write_embeddings": self.packing_options.write_embeddings,
             "overwrite": self.overwrite,
             "write_index": self.write_index,
             "mode": self.resolved_mode or self.mode,

@@ -1,0 +1,159 @@
+"""The model path's benchmark (`python3 dev.py bench --models`): curate with CLIP and both heads
+against bare ONNX Runtime on the same model, same machine, same run, interleaved rounds.
+
+  (m) bare onnxruntime: the exported image tower, then the aesthetic and NSFW heads, in calls of
+      --model-batch images, on already-preprocessed inputs (CLIP-sized pixel tensors), one session
+      each, ONNX Runtime's default threads: the ceiling of the model path;
+  (p) `beam-curator curate --model-dir M --embed --scores aesthetic,nsfw` over the benchmark photos
+      (0.3-0.8 MP JPEGs): read, DALI decode, CLIP preprocessing, the same three models, write.
+
+The model is a ViT-B/32-sized CLIP (openai/clip-vit-base-patch32's sizes: real compute; `--model-size
+vit-l-14` for NeMo Curator's ViT-L/14) with random weights, and the heads at their real sizes for its
+embeddings, exported through `beam-curator export-models` (no weights can be downloaded here), in
+float32 or with `--fp16` float16. `--device gpu` runs both on the GPU (onnxruntime-gpu). The ratio p/m uses (p)'s job clock
+(pipeline.run() to the end: model loading and DALI set-up included, Python start-up and imports not)
+and is reported for the whole process too. Writes benchmarks/results/<name>-models.json.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+TARGET = 0.85
+
+
+def exported_model_dir(data: str, size: str, fp16: bool) -> str:
+    """A random CLIP of that size and its heads, exported once (cached in benchmarks/data)."""
+    from tests import tiny_models
+
+    base = os.path.join(data, f"models-{size}")
+    exported = os.path.join(base, "exported-fp16" if fp16 else "exported")
+    if os.path.exists(os.path.join(exported, "beam_curator_models.json")):
+        return exported
+    sizes = {"vit-b-32": tiny_models.VIT_B_32, "vit-l-14": tiny_models.VIT_L_14}[size]
+    clip = os.path.join(base, "hf")
+    if not os.path.exists(os.path.join(clip, "config.json")):
+        tiny_models.make_clip_checkpoint(clip, sizes=sizes)
+    heads = tiny_models.make_heads(os.path.join(base, "heads"), embedding_dim=sizes["projection_dim"])
+    subprocess.run([sys.executable, "-m", "beam_curator", "export-models", "--clip", clip, "--aesthetic",
+                    heads["aesthetic"], "--nsfw", heads["nsfw"], "--output", exported, *(["--fp16"] if fp16 else [])],
+                   check=True)
+    return exported
+
+
+def run_bare(model_dir: str, images: int, batch: int, gpu: bool) -> dict:
+    """(m) in a child process: seconds spent in session.run for `images` preprocessed inputs."""
+    script = f"""
+import json, time, numpy as np
+from beam_curator.inference import OnnxModel
+from beam_curator.model_dir import read_manifest, fetch_model_files
+manifest = read_manifest({model_dir!r})
+paths = fetch_model_files(manifest, ("image_encoder", "aesthetic", "nsfw"))
+models = {{role: OnnxModel(path, use_gpu={gpu}) for role, path in paths.items()}}
+if {gpu} and models["image_encoder"].provider != "CUDAExecutionProvider":
+    raise SystemExit("no CUDA provider: install onnxruntime-gpu")
+p = manifest.preprocessing
+pixels = np.random.default_rng(0).normal(size=({batch}, 3, p["crop_height"], p["crop_width"])).astype(np.float32)
+models["image_encoder"].run_in_chunks(pixels[:2], 2)  # warm-up
+started = time.perf_counter()
+done = 0
+while done < {images}:
+    n = min({batch}, {images} - done)
+    embeddings = models["image_encoder"].run_in_chunks(pixels[:n], {batch})
+    models["aesthetic"].run_in_chunks(embeddings, {batch})
+    models["nsfw"].run_in_chunks(embeddings, {batch})
+    done += n
+print(json.dumps({{"seconds": time.perf_counter() - started}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_pipeline(source: str, out: str, model_dir: str, batch: int, gpu: bool, measure) -> dict:
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "beam_curator", "curate", source, "--output", out, "--no-progress",
+               "--num-gpus-per-worker", "1" if gpu else "0", "--model-dir", model_dir, "--embed", "--scores", "aesthetic,nsfw",
+               "--model-batch-size", str(batch)]
+    figures = measure(command)
+    with open(os.path.join(out, "_stats.json")) as handle:
+        stats = json.load(handle)
+    if not stats["reconciles"]:
+        raise RuntimeError(f"counts do not reconcile: {stats}")
+    stages = {name: figures_["seconds"] for name, figures_ in stats["stages"].items()} if isinstance(
+        stats.get("stages"), dict) else {}
+    return {"seconds": figures["seconds"], "job_seconds": stats["seconds"], "peak_rss_mb": figures["peak_rss_mb"],
+            "images_out": stats["images_written"], "stage_seconds": stages}
+
+
+def main(args, bench) -> int:
+    """The run; bench is benchmarks/run.py (its dataset, measuring and docs helpers)."""
+    source = bench.make_dataset(args.shards, args.images_per_shard)
+    images, _, _ = bench.dataset_figures(source)
+    data, results, measure = bench.DATA, args.results, bench._measure_in_child
+    model_dir = exported_model_dir(data, args.model_size, args.fp16)
+    gpu = args.device == "gpu"
+    print(f"models: {images} images in {source}; {args.model_size}-sized CLIP + heads in {model_dir}, on the "
+          f"{args.device}", flush=True)
+    out = os.path.join(data, "out", "models")
+    bare, pipeline = [], []
+    for round_index in range(args.rounds):
+        bare.append(run_bare(model_dir, images, args.model_batch, gpu))
+        pipeline.append(run_pipeline(source, out, model_dir, args.model_batch, gpu, measure))
+        if pipeline[-1]["images_out"] != images:
+            raise RuntimeError(f"(p) wrote {pipeline[-1]['images_out']} images, not {images}")
+        print(f"round {round_index + 1}/{args.rounds}: bare {images / bare[-1]['seconds']:.1f} img/s, pipeline "
+              f"{images / pipeline[-1]['job_seconds']:.1f} img/s (job), {images / pipeline[-1]['seconds']:.1f} "
+              "(process)", flush=True)
+    bare_rate = images / statistics.median(run["seconds"] for run in bare)
+    job_rate = images / statistics.median(run["job_seconds"] for run in pipeline)
+    process_rate = images / statistics.median(run["seconds"] for run in pipeline)
+    stage_seconds = {name: statistics.median(run["stage_seconds"].get(name, 0) for run in pipeline)
+                     for name in pipeline[-1]["stage_seconds"]}
+    result = {
+        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "model": f"{args.model_size}-sized CLIP (random weights), aesthetic + NSFW heads, "
+                 f"{'fp16' if args.fp16 else 'fp32'} towers, on the {args.device}",
+        "images": images, "rounds": args.rounds, "model_batch": args.model_batch,
+        "bare_images_per_s": bare_rate, "pipeline_job_images_per_s": job_rate,
+        "pipeline_process_images_per_s": process_rate,
+        "ratio_job": job_rate / bare_rate, "ratio_process": process_rate / bare_rate,
+        "target": TARGET, "target_met": job_rate / bare_rate >= TARGET,
+        "stage_seconds_median": stage_seconds,
+        "peak_rss_mb": max(run["peak_rss_mb"] for run in pipeline),
+    }
+    print(table(result))
+    os.makedirs(results, exist_ok=True)
+    name = args.name or f"{datetime.date.today().isoformat()}-{args.device}"
+    with open(os.path.join(results, f"{name}-models.json"), "w") as handle:
+        json.dump(result, handle, indent=2)
+    if args.update_docs:
+        bench.replace_doc_block("models" if args.device == "cpu" else "models-gpu",
+                                f"Run {result['when']} on {result['machine']['cpus']} CPUs.\n\n{table(result)}")
+    return 0
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['model']}, {result['images']} images, {result['rounds']} rounds", "",
+             "| contender | images/s (median) |", "|---|---|",
+             f"| (m) bare onnxruntime: image tower + 2 heads, preprocessed input | {result['bare_images_per_s']:.1f} |",
+             f"| (p) curate --embed --scores aesthetic,nsfw, job clock | {result['pipeline_job_images_per_s']:.1f} |",
+             f"| (p) the same, whole process (start-up included) | {result['pipeline_process_images_per_s']:.1f} |",
+             "", "| ratio | measured | target | met |", "|---|---|---|---|",
+             f"| p/m (job) | {result['ratio_job']:.3f} | >= {result['target']} | "
+             f"{'yes' if result['target_met'] else 'no'} |",
+             f"| p/m (whole process; not the target) | {result['ratio_process']:.3f} | - | - |", "",
+             "| stage | seconds (median) |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.2f} |" for name, seconds in result["stage_seconds_median"].items()]
+    lines.append(f"\npeak RSS of (p): {result['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
