@@ -1,4 +1,5 @@
-"""The `beam-curator` command: `curate` shards into curated shards, `make-sample` a dataset to try it on."""
+"""The `beam-curator` command: `curate` shards into curated shards, `export-models` for its model stages,
+`make-sample` a dataset to try it on."""
 
 from __future__ import annotations
 

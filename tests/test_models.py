@@ -395,3 +395,33 @@ def test_fp16_export_agrees_with_fp32(exported_models, tmp_path):
     assert results["fp16"][0].dtype == np.float32
     assert (results["fp16"][0] * results["fp32"][0]).sum(axis=1).min() > 0.999
     assert np.abs(np.subtract(results["fp16"][1], results["fp32"][1])).max() < 2e-3
+
+
+def test_export_then_curate_the_sample_dataset_from_the_command_line(exported_models, tmp_path):
+    """The user's path, as commands: make-sample, export-models, curate --model-dir with thresholds."""
+
+    def command(*args):
+        done = subprocess.run([sys.executable, "-m", "beam_curator", *args], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    sample, model_dir = str(tmp_path / "sample"), str(tmp_path / "models")
+    command("make-sample", sample)
+    command("export-models", "--clip", exported_models.clip_dir, "--aesthetic", exported_models.heads["aesthetic"],
+            "--nsfw", exported_models.heads["nsfw"], "--output", model_dir)
+    command("curate", sample, "--output", str(tmp_path / "scored"), "--model-dir", model_dir, "--scores",
+            "aesthetic,nsfw", "--no-progress")
+    rows = pq.read_table(glob.glob(str(tmp_path / "scored" / "*.parquet"))).to_pylist()
+    aesthetic = float(np.median([row["aesthetic_score"] for row in rows]))
+    nsfw = float(np.quantile([row["nsfw_score"] for row in rows if row["aesthetic_score"] >= aesthetic], 0.5))
+    printed = command("curate", sample, "--output", str(tmp_path / "out"), "--model-dir", model_dir,
+                      "--aesthetic-threshold", repr(aesthetic), "--nsfw-threshold", repr(nsfw), "--no-progress")
+    lines = printed.strip().splitlines()
+    stats = json.loads(open(tmp_path / "out" / "_stats.json").read())
+    by_stage = stats["filtered_by_stage"]
+    assert by_stage["aesthetic_filter"] > 0 and by_stage["nsfw_filter"] > 0
+    assert f"  aesthetic_filter: {by_stage['aesthetic_filter']} filtered, 0 failed" in lines
+    assert f"  nsfw_filter: {by_stage['nsfw_filter']} filtered, 0 failed" in lines
+    assert lines[-1] == (f"reconciliation: 120 read = {stats['images_written']} written + 0 failed + "
+                         f"{sum(by_stage.values())} filtered: ok")
