@@ -41,6 +41,7 @@ setup(
             "setuptools>=65",
             "wheel",
             "ruff>=0.15,<1",
+            "ImageHash>=4.3,<5",  # the perceptual hash's oracle
             # The CPU build this project's CI machines hold locally; any torch >= 2.4 works for the tests.
             "torch==2.13.0",
             *MODELS,

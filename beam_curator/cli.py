@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     reader.add_argument("--isolate-decoder", choices=sorted(ISOLATE_DECODER), default="auto",
                         help="decode in a child process, so a native decoder crash fails one image "
                         "(auto: on the GPU only)")
+    dedup = curate.add_argument_group("dedup", "fingerprints for `beam-curator dedup`, and removing what it found")
+    dedup.add_argument("--phash", action="store_true",
+                       help="store each image's 64-bit perceptual hash in the parquet's phash column (ImagePHashStage)")
+    dedup.add_argument("--remove-duplicates", metavar="REMOVAL_DIR",
+                       help="drop the images listed in REMOVAL_DIR/*.parquet (beam-curator dedup's output), each "
+                       "with a filter record (ImageDuplicatesRemovalStage)")
     models = curate.add_argument_group(
         "models", "CLIP embeddings and the aesthetic, NSFW and CLIP-score filters (ImageEmbeddingStage, "
         "ImageAestheticFilterStage, ImageNSFWFilterStage, ImageTextSimilarityFilterStage) on the models of "
@@ -122,6 +128,42 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ViT-L/14, the aesthetic and NSFW heads) into DOWNLOAD_DIR first (needs internet)")
     export.add_argument("--output", required=True, metavar="MODEL_DIR", help="where to write (local, gs://, s3://)")
 
+    dedup = commands.add_parser(
+        "dedup", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="find duplicate images in curated outputs (their parquet only) and write removal lists",
+        description="Find duplicates among the images of curated output directories, from their parquet "
+        "(sha256, phash or embedding; the tars are never opened), as a Beam pipeline (Beam's options as for "
+        "curate), and write REMOVAL_DIR/duplicates-*.parquet (id, kept_id, method, distance) for "
+        "curate --remove-duplicates and prune. docs/DEDUP.md explains the methods.")
+    dedup.add_argument("inputs", nargs="+", metavar="DIR", help="directories curate wrote (local, gs://, s3://)")
+    dedup.add_argument("--output", required=True, metavar="REMOVAL_DIR", help="where the removal lists go")
+    dedup.add_argument("--method", choices=["exact", "perceptual", "semantic"], default="exact",
+                       help="exact: same sha256; perceptual: phash within --max-hamming bits (curate --phash); "
+                       "semantic: SemDeDup on the CLIP embeddings (curate --embed)")
+    dedup.add_argument("--max-hamming", type=int, default=6, metavar="K", help="perceptual: most differing bits")
+    dedup.add_argument("--eps", type=float, default=0.01, metavar="E",
+                       help="semantic: cosine similarity >= 1 - E is a duplicate")
+    dedup.add_argument("--n-clusters", type=int, default=100, metavar="N", help="semantic: k-means clusters")
+    dedup.add_argument("--which-to-keep", choices=["hard", "easy", "random"], default="hard",
+                       help="semantic: keep the images farthest from their centroid (hard), nearest (easy) or random")
+    dedup.add_argument("--sample-size", type=int, default=100_000, metavar="N",
+                       help="semantic: embeddings k-means is fitted on")
+    dedup.add_argument("--seed", type=int, default=0, help="semantic: k-means and random ranking seed")
+    dedup.add_argument("--output-shards", type=int, default=16, metavar="N", help="removal files to spread ids over")
+    dedup.add_argument("--overwrite", action="store_true", help="replace the removal lists of an earlier run")
+
+    prune = commands.add_parser(
+        "prune", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="apply a removal list to curated output without decoding: kept samples byte-identical",
+        description="Repack curated output without the images a removal list (beam-curator dedup) names: no "
+        "image is decoded, kept samples' members are byte-identical and their parquet rows keep every column; "
+        "tars, names, commit, records (_filtered/) and _stats.json as curate writes them.")
+    prune.add_argument("inputs", nargs="+", metavar="DIR", help="directories curate wrote (local, gs://, s3://)")
+    prune.add_argument("--remove-duplicates", required=True, metavar="REMOVAL_DIR", help="what beam-curator dedup wrote")
+    prune.add_argument("--output", required=True, metavar="OUT", help="where the pruned output goes")
+    prune.add_argument("--images-per-tar", type=int, default=1000, metavar="N", help="images per output tar")
+    prune.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier run in OUT")
+
     sample = commands.add_parser("make-sample", help="write a small sample WebDataset to try the pipeline on",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sample.add_argument("directory", metavar="DIR")
@@ -137,14 +179,15 @@ def curate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return subparsers.choices["curate"]
 
 
-def unknown_options(beam_args: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
-    """Messages for the options in beam_args that neither `curate` nor Beam's PipelineOptions knows,
+def unknown_options(beam_args: Sequence[str], parser: argparse.ArgumentParser, command: str = "curate") -> list[str]:
+    """Messages for the options in beam_args that neither the command nor Beam's PipelineOptions knows,
     each with the closest known option; empty when all are known. Imports no Beam."""
     import difflib
 
     from beam_curator.beam_options import BEAM_OPTIONS
 
-    ours = [option for action in curate_parser(parser)._actions for option in action.option_strings
+    (subparsers,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    ours = [option for action in subparsers.choices[command]._actions for option in action.option_strings
             if option.startswith("--")]
     known = ours + [f"--{name}" for name in sorted(BEAM_OPTIONS)]
     messages = []
@@ -195,14 +238,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     configure_logging(getattr(args, "log_level", "info"))
-    if args.command == "curate":
-        problems = unknown_options(beam_args, parser)
+    if args.command in ("curate", "dedup", "prune"):
+        problems = unknown_options(beam_args, parser, args.command)
         if problems:  # before anything is imported or built: a typo must not start a job
             for problem in problems:
-                print(f"beam-curator curate: error: {problem}", file=sys.stderr)
-            print("(options that are not curate's must be Apache Beam pipeline options; see "
-                  "beam-curator curate --help)", file=sys.stderr)
+                print(f"beam-curator {args.command}: error: {problem}", file=sys.stderr)
+            print(f"(options that are not {args.command}'s must be Apache Beam pipeline options; see "
+                  f"beam-curator {args.command} --help)", file=sys.stderr)
             return 2
+    if args.command == "dedup":
+        from beam_curator.dedup_job import run_dedup, summary_line
+
+        try:
+            summary = run_dedup(args, beam_args)
+        except (ValueError, FileNotFoundError, FileExistsError) as error:
+            print(f"beam-curator dedup: error: {error}", file=sys.stderr)
+            return 2
+        print(summary_line(summary))
+        return 0
+    if args.command == "prune":
+        from beam_curator.transforms.curated_reader import CuratedShardReader
+
+        curate_args = curate_parser(build_parser()).parse_args(
+            [*args.inputs, "--output", args.output, "--images-per-tar", str(args.images_per_tar),
+             "--remove-duplicates", args.remove_duplicates, "--no-progress", *(["--overwrite"] if args.overwrite else [])])
+        curate_args.command = "prune"
+        return _run_and_report(curate_args, beam_args, reader=CuratedShardReader(batch_size=args.images_per_tar))
     if args.command == "export-models":
         if beam_args:
             raise SystemExit(f"export-models: unrecognized arguments: {' '.join(beam_args)}")
@@ -217,8 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"wrote {len(paths)} shard(s) of {args.images_per_shard} images to {args.directory}")
         return 0
+    return _run_and_report(args, beam_args)
+
+
+def _run_and_report(args: argparse.Namespace, beam_args: list[str], reader=None) -> int:
+    """Run a curate (or prune) job and print its summary; the command's exit status."""
     try:
-        stats = run(args, beam_args)
+        stats = run(args, beam_args, reader=reader)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"beam-curator: error: {error}", file=sys.stderr)
         return 2

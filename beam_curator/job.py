@@ -20,7 +20,7 @@ from beam_curator.leftovers import find_leftovers, make_progress_dir, remove_sta
 from beam_curator.stats import STATS_FILE, RunStats
 from beam_curator.worker_output import worker_chatter_filtered
 
-__all__ = ["DEFAULT_RUNNER", "SCORES", "build_model_stages", "build_pipeline", "build_stages", "curate", "load_stage",
+__all__ = ["DEFAULT_RUNNER", "SCORES", "build_dedup_stages", "build_model_stages", "build_pipeline", "build_stages", "curate", "load_stage",
            "run"]
 
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
@@ -100,6 +100,14 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
     return partitioning, reader, writer
 
 
+def build_dedup_stages(args: argparse.Namespace) -> list:
+    """ImageDuplicatesRemovalStage (--remove-duplicates), then ImagePHashStage (--phash)."""
+    from beam_curator.transforms import ImageDuplicatesRemovalStage, ImagePHashStage
+
+    return ([ImageDuplicatesRemovalStage(args.remove_duplicates)] if args.remove_duplicates else []) + (
+        [ImagePHashStage()] if args.phash else [])
+
+
 def build_model_stages(args: argparse.Namespace) -> list:
     """The model stages `curate` args ask for, in order: ImageEmbeddingStage, then the aesthetic, NSFW
     and CLIP-score stages that --scores or a threshold name. Empty without --model-dir (and then
@@ -141,10 +149,11 @@ def _stage_label(stage, index: int) -> str:
 
 
 def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_dir: str | None = None,
-                   stages: Sequence = ()):
+                   stages: Sequence = (), reader=None):
     """The curate job as a Beam pipeline, built but not run: (pipeline, number of input shards).
 
     stages: PTransforms applied between reader and writer, after those args.stage names.
+    reader: in place of the ImageReaderStage args describe (prune reads curated output without decoding).
     Touches no GPU: a Flex Template launcher, which has none, builds the job with this.
     """
     import apache_beam as beam
@@ -157,10 +166,11 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     # The pipeline first: it hands its options (S3 endpoint, credentials, ...) to Beam's FileSystems,
     # which the model stages' manifest and the listing of the inputs below already use.
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    all_stages = (build_model_stages(args) + [load_stage(spec) for spec in (getattr(args, "stage", None) or [])]
-                  + list(stages))
+    all_stages = (build_dedup_stages(args) + build_model_stages(args)
+                  + [load_stage(spec) for spec in (getattr(args, "stage", None) or [])] + list(stages))
     _clean_leftovers(args.output)
-    partitioning, reader, writer = build_stages(args, progress_dir=progress_dir)
+    partitioning, image_reader, writer = build_stages(args, progress_dir=progress_dir)
+    reader = reader or image_reader
     total_shards = sum(len(task.data) for task in partitioning.partitions())
     _prepare_output(args.output, overwrite=args.overwrite)
     batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling(
@@ -225,7 +235,7 @@ def read_stats(output: str) -> RunStats:
         return RunStats.from_json(handle.read().decode())
 
 
-def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()) -> RunStats | None:
+def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = (), reader=None) -> RunStats | None:
     """Run the job; its RunStats (as the job wrote them to `_stats.json`), or None with --no-wait."""
     from beam_curator.progress import ProgressReporter
 
@@ -240,7 +250,8 @@ def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()
     reporter = None
     worker_processes = _beam_option(beam_args, "direct_running_mode") == "multi_processing"
     try:
-        pipeline, total_shards = build_pipeline(args, beam_args, progress_dir=progress_dir, stages=stages)
+        pipeline, total_shards = build_pipeline(args, beam_args, progress_dir=progress_dir, stages=stages,
+                                                reader=reader)
         with worker_chatter_filtered(worker_processes and args.log_level != "debug") as terminal:
             reporter = ProgressReporter(progress_dir, total_shards, time.monotonic(), terminal) if progress_dir else None
             if reporter:

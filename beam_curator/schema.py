@@ -7,6 +7,7 @@ ones, sorted by name, in every parquet whose images have it. Nothing here needs 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ METADATA_SCHEMA = pa.schema(
         pa.field("image_format", pa.string(), nullable=False),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        pa.field("sha256", pa.string()),  # hex digest of the original image bytes (exact dedup)
+        pa.field("phash", pa.int64()),  # 64-bit perceptual hash, with --phash (beam_curator.dedup)
         pa.field("aesthetic_score", pa.float64()),
         pa.field("nsfw_score", pa.float64()),
         pa.field("clip_score", pa.float64()),  # image-caption cosine (ImageTextSimilarityFilterStage)
@@ -51,6 +54,8 @@ class MetadataRow:
     image_format: str
     width: int | None
     height: int | None
+    sha256: str | None
+    phash: int | None
     aesthetic_score: float | None
     nsfw_score: float | None
     clip_score: float | None
@@ -77,6 +82,8 @@ class MetadataRow:
             image_format=image_format,
             width=width,
             height=height,
+            sha256=None if obj.image_bytes is None else hashlib.sha256(obj.image_bytes).hexdigest(),
+            phash=obj.phash,
             aesthetic_score=None if obj.aesthetic_score is None else float(obj.aesthetic_score),
             nsfw_score=None if obj.nsfw_score is None else float(obj.nsfw_score),
             clip_score=None if obj.scores.get("clip_score") is None else float(obj.scores["clip_score"]),

@@ -115,6 +115,7 @@ class ImageObject:
     # Scores a stage stored under a parquet column of its choosing (see ScoreImages); aesthetic_score
     # and nsfw_score keep NeMo Curator's attributes.
     scores: dict[str, float] = field(default_factory=dict)
+    phash: int | None = None  # 64-bit perceptual hash as int64 (ImagePHashStage, curate --phash)
     decoded_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ benchmarks/results/<name>.json and, with --update-docs, the table in docs/PERFOR
     python3 dev.py bench --shards 80 --doc-block bench-large --update-docs   # 20,000 images
     python3 dev.py bench --models        # the model path: curate with CLIP + heads vs bare onnxruntime
                                          # (benchmarks/models.py; 2 x 250 images, 3 rounds)
+    python3 dev.py bench --dedup         # dedup of 1,000,000 hashes and embeddings, --phash, prune
+                                         # (benchmarks/dedup.py)
 
 (a) times the decode loop only; (b), (c) and (d) are whole processes, timed from start to exit, as a
 user would time them: the ratios use those times. For (c) and (d) the table also shows the job alone
@@ -230,17 +232,23 @@ def main(argv=None) -> int:
                         help="the random CLIP's architecture (with --models)")
     parser.add_argument("--fp16", action="store_true", help="export the CLIP towers in float16 (with --models)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the models run (with --models)")
+    parser.add_argument("--dedup", action="store_true", help="the dedup benchmark instead (benchmarks/dedup.py)")
+    parser.add_argument("--dedup-n", type=int, default=1_000_000, help="hashes and embeddings (with --dedup)")
+    parser.add_argument("--dedup-clusters", type=int, default=1000, help="semantic k-means clusters (with --dedup)")
+    parser.add_argument("--dedup-semantic-n", type=int, default=None,
+                        help="embeddings for semantic dedup (with --dedup; default --dedup-n)")
     args = parser.parse_args(argv)
     default_size = ((1, 20) if args.small else (2, 250)) if args.models else ((4, 50) if args.small else (8, 250))
     args.shards = args.shards or default_size[0]
     args.images_per_shard = args.images_per_shard or default_size[1]
     if args.small:
         args.rounds = 1
-    if args.models:
+    if args.models or args.dedup:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import dedup
         import models
 
-        return models.main(args, sys.modules[__name__])
+        return (models if args.models else dedup).main(args, sys.modules[__name__])
 
     source = make_dataset(args.shards, args.images_per_shard)
     images, megapixels, blobs = dataset_figures(source)

@@ -5,6 +5,7 @@ from .convert import (
     WriteDocumentBatchesToParquet,
     convert_image_batch,
 )
+from .dedup_stages import ImageDuplicatesRemovalStage, ImagePHashStage
 from .image_reader import ImageReaderStage, ReadResult
 from .image_writer import ImageWriterStage, WriteResult
 from .model_stages import (
@@ -26,8 +27,10 @@ __all__ = [
     "FilePartitioningStage",
     "FilterImages",
     "ImageAestheticFilterStage",
+    "ImageDuplicatesRemovalStage",
     "ImageEmbeddingStage",
     "ImageNSFWFilterStage",
+    "ImagePHashStage",
     "ImageReaderStage",
     "ImageTextSimilarityFilterStage",
     "ImageWriterStage",

@@ -71,6 +71,7 @@ class _DecoderHandle:
 
 
 class _ReadImagesFn(beam.DoFn):
+    emits_partitions_in_order = True  # all of a partition's batches, in order, from one process() call
     def __init__(self, stage: ImageReaderStage, shared_handle: shared.Shared):
         self._stage_name = stage.stage_name
         self._batch_size = stage.dali_batch_size

@@ -43,7 +43,6 @@ from beam_curator.stats import tally
 from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject, StagePerf
 
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
-from .image_reader import _ReadImagesFn
 from .metrics import counter
 
 __all__ = ["ImageWriterStage", "MODES", "WriteResult", "existing_shards", "fusion_break"]
@@ -303,8 +302,10 @@ def _hints(applied) -> dict:
 
 
 def fusion_break(batches) -> str | None:
-    """Why a writer of `batches` cannot run fused with the ImageReaderStage that made them (a shuffle
-    or other resource hints on the way, or no reader at all), or None when it can."""
+    """Why a writer of `batches` cannot run fused with the reader that made them (a shuffle or other
+    resource hints on the way, or no reader at all), or None when it can. A reader is a ParDo whose DoFn
+    says it emits each partition's batches in order, from one process() call
+    (`emits_partitions_in_order = True`: ImageReaderStage's, and prune's CuratedShardReader's)."""
     from apache_beam.pvalue import PCollection
 
     reader_hints, hints_on_path = None, []
@@ -315,7 +316,7 @@ def fusion_break(batches) -> str | None:
             continue
         seen.add(id(applied))
         transform = applied.transform
-        if isinstance(transform, beam.ParDo) and isinstance(transform.fn, _ReadImagesFn):
+        if isinstance(transform, beam.ParDo) and getattr(transform.fn, "emits_partitions_in_order", False):
             reader_hints = _hints(applied)
             continue
         for node in _ancestors(applied):
