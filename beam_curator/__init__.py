@@ -9,6 +9,7 @@ from beam_curator.tasks import BatchOrigin, DocumentBatch, FileGroupTask, ImageB
 
 __all__ = [
     "BatchOrigin",
+    "CaptionFilterStage",
     "ConvertImageBatchToDocumentBatchStage",
     "CurationStage",
     "DocumentBatch",
@@ -36,6 +37,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 _STAGES = {
+    "CaptionFilterStage",
+    "ImageSizeFilterStage",
     "ConvertImageBatchToDocumentBatchStage",
     "CurationStage",
     "FilterImages",

@@ -54,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     reader.add_argument("--isolate-decoder", choices=sorted(ISOLATE_DECODER), default="auto",
                         help="decode in a child process, so a native decoder crash fails one image "
                         "(auto: on the GPU only)")
+    basic = curate.add_argument_group("basic filters", "ImageSizeFilterStage and CaptionFilterStage; each "
+                                      "dropped image gets a filter record")
+    basic.add_argument("--min-size", type=int, metavar="N", help="drop images whose shortest side is under N pixels")
+    basic.add_argument("--max-aspect-ratio", type=float, metavar="R", help="drop images with max(w,h)/min(w,h) over R")
+    basic.add_argument("--max-pixels", type=int, metavar="N", help="drop images of more than N pixels (w x h)")
+    basic.add_argument("--min-caption-words", type=int, metavar="N",
+                       help="drop samples whose .txt caption has fewer than N words (or no caption)")
+    basic.add_argument("--min-caption-chars", type=int, metavar="N",
+                       help="drop samples whose caption has fewer than N characters (or no caption)")
+    basic.add_argument("--max-caption-chars", type=int, metavar="N", help="drop samples whose caption is longer")
     dedup = curate.add_argument_group("dedup", "fingerprints for `beam-curator dedup`, and removing what it found")
     dedup.add_argument("--phash", action="store_true",
                        help="store each image's 64-bit perceptual hash in the parquet's phash column (ImagePHashStage)")

@@ -58,7 +58,8 @@ def test_metadata_and_cli_options_agree_both_ways():
         is_bool = isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction))
         examples = (["true", "false"] if is_bool else [str(action.default)] if action.default is not None
                     else ["my_filters:drop_small,m.sub:make"] if name == "stage"
-                    else ["0.5", "-1e-3", "5"] if action.type is float else ["gs://b/x"])
+                    else ["0.5", "-1e-3", "5"] if action.type is float else ["5"] if action.type is int
+                    else ["gs://b/x"])
         for example in examples:  # the regexes accept the CLI's own defaults
             assert any(re.match(regex, example) for regex in parameter["regexes"]), (name, example)
 

@@ -1,5 +1,6 @@
 """The Beam layer of beam_curator: PTransforms over the core, installed as `beam_curator.transforms`."""
 
+from .basic_filters import CaptionFilterStage, ImageSizeFilterStage
 from .convert import (
     ConvertImageBatchToDocumentBatchStage,
     WriteDocumentBatchesToParquet,
@@ -20,6 +21,7 @@ from .stages import CurationStage, Dropped, Failed, FilterImages, ScoreImages, S
 from .stats import WriteRunStats
 
 __all__ = [
+    "CaptionFilterStage",
     "ConvertImageBatchToDocumentBatchStage",
     "CurationStage",
     "Dropped",
@@ -32,6 +34,7 @@ __all__ = [
     "ImageNSFWFilterStage",
     "ImagePHashStage",
     "ImageReaderStage",
+    "ImageSizeFilterStage",
     "ImageTextSimilarityFilterStage",
     "ImageWriterStage",
     "ReadResult",

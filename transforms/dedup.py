@@ -70,6 +70,10 @@ def _read_chunks(path: str, column: str):
             ids = ids.filter(present).to_pylist()
             values = values.filter(present)
             if column == "embedding":
+                lengths = set(values.value_lengths().to_pylist())
+                if len(lengths) > 1:
+                    raise ValueError(f"{path}: embeddings of different sizes {sorted(lengths)}: dedup the outputs "
+                                     "of one model at a time")
                 flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
                 values = flat.reshape(len(ids), -1) if ids else np.zeros((0, 0), np.float32)
             else:
