@@ -14,6 +14,7 @@ setup(
     # transforms/ (the Beam layer) is installed as the subpackage beam_curator.transforms.
     packages=["beam_curator", "beam_curator.transforms"],
     package_dir={"beam_curator": "beam_curator", "beam_curator.transforms": "transforms"},
+    package_data={"beam_curator": ["templates/*.html"]},
     install_requires=[
         "apache-beam[aws]==2.77.0",
         "numpy>=1.26,<3",
@@ -22,6 +23,8 @@ setup(
         "nvidia-dali-cuda120==2.4.0",
         "pillow>=10,<13",
         "tqdm>=4.60,<5",
+        "jinja2>=3,<4",  # the run report
+        "matplotlib>=3.7,<4",  # its plots
     ],
     extras_require={
         # The model stages (--model-dir): ONNX Runtime on the CPU. GPU workers install [gpu] instead:

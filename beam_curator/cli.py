@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "so every sample has the same members; original: bytes pass through")
     curate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="show progress while running (default: on for local runners)")
+    curate.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                        help="write DIR/_report/index.html, the run report, at the end (needs --wait)")
     curate.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                         help="wait for the job to finish and print its summary (--no-wait: submit and return)")
     curate.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
@@ -173,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--output", required=True, metavar="OUT", help="where the pruned output goes")
     prune.add_argument("--images-per-tar", type=int, default=1000, metavar="N", help="images per output tar")
     prune.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier run in OUT")
+
+    report = commands.add_parser("report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                 help="write the run report (DIR/_report/index.html) of an existing output")
+    report.add_argument("directory", metavar="DIR", help="a directory curate or prune wrote (local, gs://, s3://)")
+    report.add_argument("--sheet-size", type=int, default=48, metavar="N", help="thumbnails per contact sheet")
 
     sample = commands.add_parser("make-sample", help="write a small sample WebDataset to try the pipeline on",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -274,6 +281,17 @@ def main(argv: Sequence[str] | None = None) -> int:
              "--remove-duplicates", args.remove_duplicates, "--no-progress", *(["--overwrite"] if args.overwrite else [])])
         curate_args.command = "prune"
         return _run_and_report(curate_args, beam_args, reader=CuratedShardReader(batch_size=args.images_per_tar))
+    if args.command == "report":
+        from beam_curator.report import write_report
+
+        if beam_args:
+            raise SystemExit(f"report: unrecognized arguments: {' '.join(beam_args)}")
+        try:
+            print(f"wrote {write_report(args.directory, sheet_size=args.sheet_size)}")
+        except FileNotFoundError as error:
+            print(f"beam-curator report: error: {args.directory} has no run to report on ({error})", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "export-models":
         if beam_args:
             raise SystemExit(f"export-models: unrecognized arguments: {' '.join(beam_args)}")
@@ -308,10 +326,17 @@ def _run_and_report(args: argparse.Namespace, beam_args: list[str], reader=None)
     if stats is None:
         print("submitted; the summary is not available without --wait")
         return 0
+    report = None
+    if args.report:
+        from beam_curator.report import write_report
+
+        report = write_report(args.output)
     print(stats.summary())
     for line in stats.stage_lines():
         print(line)
-    print(stats.reconciliation())
+    if report:
+        print(f"report: {report}")
+    print(stats.reconciliation())  # last: the run's verdict
     return 0 if stats.reconciles else 3
 
 

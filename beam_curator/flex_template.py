@@ -25,7 +25,7 @@ def _curate_actions() -> list[argparse.Action]:
 
 
 # CLI options about the terminal the CLI runs in, which a template launcher does not have.
-LAUNCHER_ONLY = {"progress", "wait", "log_level"}  # how the launching process behaves, not the job
+LAUNCHER_ONLY = {"progress", "wait", "log_level", "report"}  # how the launching process behaves, not the job
 
 
 def template_parameters() -> dict[str, argparse.Action]:

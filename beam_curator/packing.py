@@ -188,7 +188,7 @@ class PartitionPacker:
         shard.rows.append(
             MetadataRow.for_image(obj, key=key, tar_file=f"{shard.basename}.tar", member_name=member_names[0],
                                   image_format=image.extension, width=image.width, height=image.height,
-                                  with_embedding=self._options.write_embeddings))
+                                  with_embedding=self._options.write_embeddings, file_size=len(image.payload)))
 
     def _close(self) -> WrittenShard:
         shard, self._shard = self._shard, None

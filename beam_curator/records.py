@@ -50,11 +50,12 @@ class FilterRecord:
     reason: str
     score: float | None = None  # the score the decision was made on, if any
     threshold: float | None = None  # the bar it was held against, if any
+    thumbnail: bytes | None = None  # a small JPEG of the image (beam_curator.thumbnails), for the report
 
 
 FILTER_SCHEMA = pa.schema(
     [(name, pa.string()) for name in ("image_id", "key", "source", "member", "stage", "reason")]
-    + [("score", pa.float64()), ("threshold", pa.float64())]
+    + [("score", pa.float64()), ("threshold", pa.float64()), ("thumbnail", pa.binary())]
 )
 
 

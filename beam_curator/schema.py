@@ -27,6 +27,7 @@ METADATA_SCHEMA = pa.schema(
         pa.field("member_name", pa.string(), nullable=False),  # the image member in tar_file
         pa.field("original_path", pa.string(), nullable=False),  # source shard and member
         pa.field("image_format", pa.string(), nullable=False),
+        pa.field("file_size", pa.int64()),  # bytes of the image member as written
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("sha256", pa.string()),  # hex digest of the original image bytes (exact dedup)
@@ -52,6 +53,7 @@ class MetadataRow:
     member_name: str
     original_path: str
     image_format: str
+    file_size: int | None
     width: int | None
     height: int | None
     sha256: str | None
@@ -67,7 +69,7 @@ class MetadataRow:
     @classmethod
     def for_image(
         cls, obj: ImageObject, *, key: str, tar_file: str, member_name: str, image_format: str,
-        width: int | None, height: int | None, with_embedding: bool = True,
+        width: int | None, height: int | None, with_embedding: bool = True, file_size: int | None = None,
     ) -> "MetadataRow":
         embedding = None
         if obj.embedding is not None and with_embedding:
@@ -80,6 +82,7 @@ class MetadataRow:
             member_name=member_name,
             original_path=obj.image_path,
             image_format=image_format,
+            file_size=file_size,
             width=width,
             height=height,
             sha256=None if obj.image_bytes is None else hashlib.sha256(obj.image_bytes).hexdigest(),

@@ -17,8 +17,9 @@ def test_make_sample_then_curate_reconciles(tmp_path, capsys, monkeypatch):
     assert sorted(os.listdir(source)) == ["sample-000000.tar", "sample-000001.tar"]
     assert cli.main(["curate", source, "--output", out, "--images-per-tar", "4", "--dali-batch-size", "3"]) == 0
     captured = capsys.readouterr()
-    summary, reconciliation = captured.out.strip().splitlines()[-2:]
+    summary, report, reconciliation = captured.out.strip().splitlines()[-3:]
     assert "shards: 2/2 (0 damaged)" in summary and "images read: 12" in summary and "written: 12" in summary
+    assert report == f"report: {out}/_report/index.html" and os.path.exists(f"{out}/_report/index.html")
     assert reconciliation == "reconciliation: 12 read = 12 written + 0 failed + 0 filtered: ok"
     assert "progress: " in captured.err and "shards (" in captured.err and "ETA" in captured.err
     stats = json.load(open(f"{out}/_stats.json"))

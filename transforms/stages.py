@@ -31,6 +31,7 @@ import apache_beam as beam
 from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.schema import check_score_column
 from beam_curator.tasks import ImageBatch, ImageObject
+from beam_curator.thumbnails import thumbnail_from_bytes, thumbnail_of
 
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .metrics import counter
@@ -69,7 +70,12 @@ class StageOutcome:
 
 class CurationStage(beam.PTransform):
     """Base of ImageBatch -> ImageBatch stages. Subclasses implement process_batch, and setup when
-    they hold something heavy (a model): it runs once per DoFn instance, on the worker."""
+    they hold something heavy (a model): it runs once per DoFn instance, on the worker.
+
+    record_thumbnails: each FilterRecord carries a small JPEG of the dropped image (~3 KB, for the run
+    report); set it False on a stage to leave them out."""
+
+    record_thumbnails = True
 
     def __init__(self, *, name: str):
         super().__init__()
@@ -106,13 +112,18 @@ def _check_accounted(stage: str, batch: ImageBatch, outcome: StageOutcome) -> No
             f"{extra[:5]}{'...' if len(extra) > 5 else ''}")
 
 
-def _filter_record(stage: str, dropped: Dropped) -> FilterRecord:
+def _filter_record(stage: str, dropped: Dropped, with_thumbnail: bool) -> FilterRecord:
     obj = dropped.image
     source, _, member = obj.image_path.partition("#")
+    thumbnail = None
+    if with_thumbnail:  # the image leaves the pipeline here: keep a glimpse of it for the run report
+        thumbnail = thumbnail_of(obj.image_data) if obj.image_data is not None else (
+            thumbnail_from_bytes(obj.image_bytes) if obj.image_bytes else None)
     return FilterRecord(image_id=obj.image_id, key=obj.key, source=source, member=member, stage=stage,
                         reason=str(dropped.reason),
                         score=None if dropped.score is None else float(dropped.score),
-                        threshold=None if dropped.threshold is None else float(dropped.threshold))
+                        threshold=None if dropped.threshold is None else float(dropped.threshold),
+                        thumbnail=thumbnail)
 
 
 def _failure_record(stage: str, failed: Failed) -> FailureRecord:
@@ -141,7 +152,7 @@ class _StageFn(beam.DoFn):
             raise TypeError(f"{type(self._stage).__name__}.process_batch must return a StageOutcome, "
                             f"got {type(outcome).__name__}")
         _check_accounted(self._name, batch, outcome)
-        records = [_filter_record(self._name, dropped) for dropped in outcome.dropped]
+        records = [_filter_record(self._name, dropped, self._stage.record_thumbnails) for dropped in outcome.dropped]
         for failed in outcome.failed:
             record = _failure_record(self._name, failed)
             _LOG.warning("%s failed %s: %s: %s", self._name, failed.image.image_path or failed.image.image_id,

@@ -1,0 +1,138 @@
+"""The run report, opened in a real browser: headless Chromium (Debian's `chromium`; .ci/run installs
+it). Outside CI the browser test is skipped when there is no chromium, unless BEAM_CURATOR_REQUIRE_CHROMIUM
+is set (.ci/run sets it), so it cannot pass without running."""
+
+from __future__ import annotations
+
+import glob
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from beam_curator import cli
+from tests.helpers import Sample, make_samples, write_tar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("BEAM_CURATOR_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required here (BEAM_CURATOR_REQUIRE_CHROMIUM) but not installed")
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    return found
+
+
+class _Attributes(html.parser.HTMLParser):
+    """Every element's attributes, in document order."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements: list[tuple[str, dict, list[str]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs), []))
+
+    def handle_data(self, data):
+        if self.elements:
+            self.elements[-1][2].append(data)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, exported_models):
+    """A curate run with every kind of stage: duplicate removal, size and caption filters, the model
+    filters, and a broken sample."""
+    root = tmp_path_factory.mktemp("report")
+    samples = make_samples(0, 24) + make_samples(1, 24)
+    samples[5].members["jpg"] = samples[5].members["jpg"][:300]  # broken
+    for sample in samples[2::7]:
+        del sample.members["txt"]  # no caption: the caption filter drops it
+    inputs = root / "input"
+    inputs.mkdir()
+    write_tar(str(inputs / "a.tar"), samples[:24])
+    write_tar(str(inputs / "b.tar"), samples[24:])
+    models = ["--model-dir", exported_models.model_dir]
+    scored = str(root / "scored")
+    assert cli.main(["curate", str(inputs), "--output", scored, *models, "--scores", "aesthetic,nsfw,clip",
+                     "--no-progress", "--no-report"]) == 0
+    rows = pq.read_table(glob.glob(f"{scored}/*.parquet")).to_pylist()
+    aesthetic = float(np.quantile([row["aesthetic_score"] for row in rows], 0.3))
+    survivors = sorted((row for row in rows if row["aesthetic_score"] >= aesthetic and min(row["width"], row["height"]) >= 52
+                        and row["caption"] and len(row["caption"].split()) >= 8), key=lambda row: row["nsfw_score"])
+    nsfw = float(np.median([row["nsfw_score"] for row in survivors]))  # drops about half of what is left
+    # A byte copy of an image that every filter keeps: exact dedup removes the copy, the original stays.
+    original = next(s for s in samples if s.key == survivors[0]["original_key"])
+    write_tar(str(inputs / "c.tar"), [Sample(f"copy_of_{original.key}", dict(original.members))])
+    first = str(root / "first")
+    assert cli.main(["curate", str(inputs), "--output", first, "--no-progress", "--no-report"]) == 0
+    assert cli.main(["dedup", first, "--output", str(root / "removal")]) == 0
+    out = str(root / "out")
+    assert cli.main(["curate", str(inputs), "--output", out, *models, "--remove-duplicates", str(root / "removal"),
+                     "--min-size", "52", "--min-caption-words", "8", "--aesthetic-threshold", repr(aesthetic),
+                     "--nsfw-threshold", repr(nsfw), "--scores", "clip", "--no-progress"]) == 0
+    return out
+
+
+def test_the_report_opens_in_chromium_with_everything_in_it(full_run):
+    chromium = _chromium()
+    page = os.path.join(full_run, "_report", "index.html")
+    assert os.path.exists(page)
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               "--virtual-time-budget=10000"]
+    dom = subprocess.run([*browser, "--dump-dom", f"file://{page}"], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parser = _Attributes()
+    parser.feed(dom.stdout)
+    (body,) = [attrs for tag, attrs, _ in parser.elements if tag == "body"]
+    assert body["data-errors"] == "0"  # no script error on the page
+    assert int(body["data-images"]) > 20 and body["data-broken-images"] == "0"  # every image loads
+
+    stats = json.loads(open(os.path.join(full_run, "_stats.json")).read())
+    counts = {attrs["data-count"]: "".join(text).strip() for _, attrs, text in parser.elements if "data-count" in attrs}
+    assert counts == {name: str(stats[name]) for name in ("shards", "samples_read", "images_failed",
+                                                          "images_filtered", "images_written")}
+    by_stage = {attrs["data-filtered-stage"]: int("".join(text)) for _, attrs, text in parser.elements
+                if "data-filtered-stage" in attrs}
+    assert by_stage == stats["filtered_by_stage"]
+    assert set(by_stage) == {"image_dedup_filter", "image_size_filter", "caption_filter", "aesthetic_filter",
+                             "nsfw_filter"}
+    assert stats["images_failed"] == 1 and stats["reconciles"]
+
+    plots = {attrs["data-plot"] for _, attrs, _ in parser.elements if "data-plot" in attrs}
+    assert {"width", "height", "aspect_ratio", "file_size", "aesthetic_score", "nsfw_score", "clip_score", "image_size_filter",
+            "caption_filter"} <= plots
+    sheets = {attrs["data-sheet"] for _, attrs, _ in parser.elements if "data-sheet" in attrs}
+    assert {"kept", "image_dedup_filter", "aesthetic_filter-near", "aesthetic_filter-far", "nsfw_filter-near",
+            "image_size_filter-near", "caption_filter"} <= sheets
+    images_in_sheet = {}
+    current = None
+    for tag, attrs, _ in parser.elements:
+        if "data-sheet" in attrs:
+            current = attrs["data-sheet"]
+        elif tag == "img" and current:
+            images_in_sheet[current] = images_in_sheet.get(current, 0) + 1
+    assert images_in_sheet["kept"] > 0 and images_in_sheet["image_dedup_filter"] == 2  # removed, beside kept
+    assert images_in_sheet["aesthetic_filter-near"] == stats["filtered_by_stage"]["aesthetic_filter"]
+    assert "failures" in {attrs.get("id") for _, attrs, _ in parser.elements}
+
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    shot = os.path.join(ARTIFACTS, "report-full-page.png")
+    done = subprocess.run([*browser, "--window-size=1280,7000", f"--screenshot={shot}", f"file://{page}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and os.path.getsize(shot) > 10_000
+
+
+def test_report_command_rewrites_the_report_from_the_output_alone(full_run, capsys):
+    page = os.path.join(full_run, "_report", "index.html")
+    os.remove(page)
+    assert cli.main(["report", full_run]) == 0
+    assert os.path.exists(page) and "report" in capsys.readouterr().out
+    assert cli.main(["report", os.path.join(full_run, "nowhere")]) == 2
