@@ -136,3 +136,20 @@ def test_report_command_rewrites_the_report_from_the_output_alone(full_run, caps
     assert cli.main(["report", full_run]) == 0
     assert os.path.exists(page) and "report" in capsys.readouterr().out
     assert cli.main(["report", os.path.join(full_run, "nowhere")]) == 2
+
+
+def test_the_report_reads_a_bounded_sample_of_tars(tmp_path, monkeypatch):
+    from beam_curator import report, storage
+
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    for shard in range(7):
+        write_tar(str(inputs / f"s{shard}.tar"), make_samples(shard, 3))
+    out = str(tmp_path / "out")
+    assert cli.main(["curate", str(inputs), "--output", out, "--no-progress", "--no-report"]) == 0
+    opened = []
+    original = storage.open_read
+    monkeypatch.setattr(storage, "open_read", lambda path: opened.append(path) or original(path))
+    report.write_report(out)
+    tars = [path for path in opened if path.endswith(".tar")]
+    assert len(glob.glob(f"{out}/*.tar")) == 7 and 0 < len(tars) <= report.SAMPLE_TARS
