@@ -20,8 +20,8 @@ from beam_curator.leftovers import find_leftovers, make_progress_dir, remove_sta
 from beam_curator.stats import STATS_FILE, RunStats
 from beam_curator.worker_output import worker_chatter_filtered
 
-__all__ = ["DEFAULT_RUNNER", "SCORES", "build_basic_filters", "build_dedup_stages", "build_model_stages", "build_pipeline", "build_stages", "curate", "load_stage",
-           "run"]
+__all__ = ["DEFAULT_RUNNER", "SCORES", "build_curation_stages", "build_model_stages", "build_pipeline", "build_stages",
+           "curate", "load_stage", "run"]
 
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
@@ -100,24 +100,25 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
     return partitioning, reader, writer
 
 
-def build_basic_filters(args: argparse.Namespace) -> list:
-    """ImageSizeFilterStage and CaptionFilterStage, when their options ask for them."""
-    from beam_curator.transforms import CaptionFilterStage, ImageSizeFilterStage
+def build_curation_stages(args: argparse.Namespace) -> list:
+    """The stages `curate`'s own options ask for, in the order they run: duplicate removal
+    (--remove-duplicates), the basic filters, the perceptual hash (--phash), then the model stages.
+    Cheap drops come first, so the later stages see fewer images."""
+    from beam_curator.transforms import (
+        CaptionFilterStage,
+        ImageDuplicatesRemovalStage,
+        ImagePHashStage,
+        ImageSizeFilterStage,
+    )
 
-    stages = []
+    stages = [ImageDuplicatesRemovalStage(args.remove_duplicates)] if args.remove_duplicates else []
     if args.min_size is not None or args.max_aspect_ratio is not None or args.max_pixels is not None:
         stages.append(ImageSizeFilterStage(args.min_size, args.max_aspect_ratio, args.max_pixels))
     if args.min_caption_words is not None or args.min_caption_chars is not None or args.max_caption_chars is not None:
         stages.append(CaptionFilterStage(args.min_caption_words, args.min_caption_chars, args.max_caption_chars))
-    return stages
-
-
-def build_dedup_stages(args: argparse.Namespace) -> list:
-    """ImageDuplicatesRemovalStage (--remove-duplicates), then ImagePHashStage (--phash)."""
-    from beam_curator.transforms import ImageDuplicatesRemovalStage, ImagePHashStage
-
-    return ([ImageDuplicatesRemovalStage(args.remove_duplicates)] if args.remove_duplicates else []) + (
-        [ImagePHashStage()] if args.phash else [])
+    if args.phash:
+        stages.append(ImagePHashStage())
+    return stages + build_model_stages(args)
 
 
 def build_model_stages(args: argparse.Namespace) -> list:
@@ -178,8 +179,8 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     # The pipeline first: it hands its options (S3 endpoint, credentials, ...) to Beam's FileSystems,
     # which the model stages' manifest and the listing of the inputs below already use.
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    all_stages = (build_dedup_stages(args) + build_basic_filters(args) + build_model_stages(args)
-                  + [load_stage(spec) for spec in (getattr(args, "stage", None) or [])] + list(stages))
+    all_stages = (build_curation_stages(args) + [load_stage(spec) for spec in (getattr(args, "stage", None) or [])]
+                  + list(stages))
     _clean_leftovers(args.output)
     partitioning, image_reader, writer = build_stages(args, progress_dir=progress_dir)
     reader = reader or image_reader

@@ -18,15 +18,19 @@ import numpy as np
 
 from beam_curator import storage
 
-__all__ = ["RemovalList", "id_digests"]
+__all__ = ["RemovalList", "id_digest", "id_digests"]
 
 _LOG = logging.getLogger(__name__)
 
 
+def id_digest(image_id: str) -> int:
+    """A 64-bit digest of an image id (blake2b), as an unsigned int."""
+    return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "little")
+
+
 def id_digests(ids: Iterable[str]) -> np.ndarray:
     """The 64-bit digests (uint64) of ids."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids),
-                       dtype=np.uint64)
+    return np.fromiter(map(id_digest, ids), dtype=np.uint64)
 
 
 class RemovalList:

@@ -141,10 +141,7 @@ def _kept_sheet(output: str, sheet_size: int, seed: int) -> list[dict]:
     chosen = sorted(rng.sample(tars, min(SAMPLE_TARS, len(tars))))
     images = []
     for path in chosen:
-        with storage.open_read(path[: -len(".tar")] + ".parquet") as handle:
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(handle, columns=["member_name", "image_id", "aesthetic_score"]).to_pylist()
+        rows = _read_parquet(path[: -len(".tar")] + ".parquet", ["member_name", "image_id"])
         wanted = {row["member_name"]: row for row in rng.sample(rows, min(len(rows), sheet_size // max(1, len(chosen))))}
         with storage.open_read(path) as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
             for member in archive:
@@ -160,14 +157,10 @@ def _kept_sheet(output: str, sheet_size: int, seed: int) -> list[dict]:
 
 def _thumbnails_of_written(output: str, image_ids: set[str]) -> dict[str, bytes]:
     """image_id -> thumbnail, for written images, read from the tars that hold them."""
-    import pyarrow.parquet as pq
-
     where: dict[str, dict[str, str]] = {}  # tar -> member -> image_id
-    for path in storage.match_files(storage.join(output, "*.parquet")):
-        with storage.open_read(path) as handle:
-            for row in pq.read_table(handle, columns=["image_id", "tar_file", "member_name"]).to_pylist():
-                if row["image_id"] in image_ids:
-                    where.setdefault(row["tar_file"], {})[row["member_name"]] = row["image_id"]
+    for row in _read_parquet(storage.join(output, "*.parquet"), ["image_id", "tar_file", "member_name"]):
+        if row["image_id"] in image_ids:
+            where.setdefault(row["tar_file"], {})[row["member_name"]] = row["image_id"]
     thumbnails = {}
     for tar, members in sorted(where.items()):
         with storage.open_read(storage.join(output, tar)) as handle, tarfile.open(fileobj=handle, mode="r|") as archive:

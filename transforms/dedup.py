@@ -20,7 +20,6 @@ The output is deterministic: the same input gives the same rows, sorted by id, i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from beam_curator import storage
+from beam_curator.removal import id_digest
 
 __all__ = ["DEDUP_SCHEMA", "FindDuplicates", "FoundDuplicates", "METHODS", "WriteDuplicates", "list_parquet"]
 
@@ -66,7 +66,7 @@ def _read_chunks(path: str, column: str):
         for batch in parquet.iter_batches(columns=["image_id", column], batch_size=_CHUNK_ROWS):
             ids, values = batch.column(0), batch.column(1)
             present = values.is_valid()
-            missing = len(ids) - sum(present.to_pylist())
+            missing = values.null_count
             ids = ids.filter(present).to_pylist()
             values = values.filter(present)
             if column == "embedding":
@@ -79,10 +79,6 @@ def _read_chunks(path: str, column: str):
             else:
                 values = values.to_pylist()
             yield ids, values, missing
-
-
-def _digest(image_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "big")
 
 
 def _row(removed: str, kept: str, method: str, distance: float) -> dict:
@@ -139,7 +135,7 @@ def _sample_rows(chunk, cutoff: int):
     """(digest, embedding) of the chunk's rows whose id digest is at most cutoff."""
     ids, vectors, _ = chunk
     for image_id, vector in zip(ids, vectors):
-        digest = _digest(image_id)
+        digest = id_digest(image_id)
         if digest <= cutoff:
             yield digest, vector
 
@@ -236,7 +232,7 @@ class FindDuplicates(beam.PTransform):
         # would make the runner hold every embedding until the centroids exist, and a Top combine over
         # (digest, embedding) pairs holds several copies of the sample.
         cutoff = beam.pvalue.AsSingleton(
-            chunks | "Digests" >> beam.FlatMap(lambda chunk: map(_digest, chunk[0]))
+            chunks | "Digests" >> beam.FlatMap(lambda chunk: map(id_digest, chunk[0]))
             | "SmallestDigests" >> beam.combiners.Top.Smallest(self.sample_size)
             | "Cutoff" >> beam.Map(lambda smallest: smallest[-1] if smallest else -1))
         sample = (files | "ReadSample" >> beam.FlatMap(_read_chunks, column)
@@ -258,7 +254,7 @@ class WriteDuplicates(beam.PTransform):
 
     def expand(self, rows):
         shards = self.shards
-        keyed = rows | "ByShard" >> beam.Map(lambda row: (_digest(row["id"]) % shards, row))
+        keyed = rows | "ByShard" >> beam.Map(lambda row: (id_digest(row["id"]) % shards, row))
         # Every shard gets a file, empty or not: the same files whatever was found, and a removal list
         # with no duplicates is still a list.
         every = rows.pipeline | "EveryShard" >> beam.Create([(shard, None) for shard in range(shards)])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import operator
 import os
 import threading
 import time
@@ -39,6 +40,7 @@ __all__ = ["ImageAestheticFilterStage", "ImageEmbeddingStage", "ImageNSFWFilterS
            "ImageTextSimilarityFilterStage"]
 
 _LOG = logging.getLogger(__name__)
+_KEEPS = {">=": operator.ge, "<": operator.lt}  # _ScoreFilterStage.comparison -> the test a kept score passes
 
 
 @dataclass
@@ -236,15 +238,18 @@ class ImageEmbeddingStage(_ModelStage):
 
 
 class _ScoreFilterStage(_ModelStage):
-    """Score every image from its embedding; keep it when keeps(score, threshold) (score_threshold=None:
-    score only). An image whose score is not finite fails alone."""
+    """Score every image from its embedding; keep it when `score <comparison> score_threshold`
+    (score_threshold=None: score only). An image whose score is not finite fails alone. NeMo Curator's
+    parameters and defaults; subclasses name their model role, column, comparison and default name."""
 
     column = ""  # the ImageObject attribute (or parquet score column) the score goes to
-    comparison = ""  # how a kept image's score compares to the threshold, for the records' reasons
+    comparison = ">="  # how a kept image's score compares to the threshold (also the records' reasons)
+    default_name = ""
 
-    def __init__(self, model_dir: str, num_gpus_per_worker: float, model_inference_batch_size: int,
-                 score_threshold: float | None, verbose: bool, *, name: str):
-        super().__init__(model_dir, num_gpus_per_worker, model_inference_batch_size, verbose, name=name)
+    def __init__(self, model_dir: str, num_gpus_per_worker: float = 0.25, model_inference_batch_size: int = 32,
+                 score_threshold: float | None = 0.5, verbose: bool = False, *, name: str | None = None):
+        super().__init__(model_dir, num_gpus_per_worker, model_inference_batch_size, verbose,
+                         name=name or self.default_name)
         if score_threshold is not None and (isinstance(score_threshold, bool) or not isinstance(
                 score_threshold, (int, float)) or not math.isfinite(score_threshold)):
             raise ValueError(f"score_threshold must be a number, or None to score without filtering, "
@@ -252,7 +257,7 @@ class _ScoreFilterStage(_ModelStage):
         self.score_threshold = None if score_threshold is None else float(score_threshold)
 
     def keeps(self, score: float) -> bool:
-        raise NotImplementedError
+        return _KEEPS[self.comparison](score, self.score_threshold)
 
     def scores(self, batch: ImageBatch) -> list[float | None]:
         return self.models.sessions[self.roles[0]].run_in_chunks(self._embeddings(batch),
@@ -290,14 +295,7 @@ class ImageAestheticFilterStage(_ScoreFilterStage):
     roles = ("aesthetic",)
     column = "aesthetic_score"
     comparison = ">="
-
-    def __init__(self, model_dir: str, num_gpus_per_worker: float = 0.25, model_inference_batch_size: int = 32,
-                 score_threshold: float | None = 0.5, verbose: bool = False, *, name: str = "aesthetic_filter"):
-        super().__init__(model_dir, num_gpus_per_worker, model_inference_batch_size, score_threshold, verbose,
-                         name=name)
-
-    def keeps(self, score: float) -> bool:
-        return score >= self.score_threshold
+    default_name = "aesthetic_filter"
 
 
 class ImageNSFWFilterStage(_ScoreFilterStage):
@@ -307,14 +305,7 @@ class ImageNSFWFilterStage(_ScoreFilterStage):
     roles = ("nsfw",)
     column = "nsfw_score"
     comparison = "<"
-
-    def __init__(self, model_dir: str, num_gpus_per_worker: float = 0.25, model_inference_batch_size: int = 32,
-                 score_threshold: float | None = 0.5, verbose: bool = False, *, name: str = "nsfw_filter"):
-        super().__init__(model_dir, num_gpus_per_worker, model_inference_batch_size, score_threshold, verbose,
-                         name=name)
-
-    def keeps(self, score: float) -> bool:
-        return score < self.score_threshold
+    default_name = "nsfw_filter"
 
 
 class ImageTextSimilarityFilterStage(_ScoreFilterStage):
@@ -333,9 +324,6 @@ class ImageTextSimilarityFilterStage(_ScoreFilterStage):
         super().__init__(model_dir, num_gpus_per_worker, model_inference_batch_size, score_threshold, verbose,
                          name=name)
         self.drop_without_caption = drop_without_caption
-
-    def keeps(self, score: float) -> bool:
-        return score >= self.score_threshold
 
     def scores(self, batch: ImageBatch) -> list[float | None]:
         from beam_curator.inference import l2_normalise
