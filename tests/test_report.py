@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -75,13 +76,21 @@ def full_run(tmp_path_factory, exported_models):
     assert cli.main(["curate", str(inputs), "--output", first, "--no-progress", "--no-report"]) == 0
     assert cli.main(["dedup", first, "--output", str(root / "removal")]) == 0
     out = str(root / "out")
-    assert cli.main(["curate", str(inputs), "--output", out, *models, "--remove-duplicates", str(root / "removal"),
-                     "--min-size", "52", "--min-caption-words", "8", "--aesthetic-threshold", repr(aesthetic),
-                     "--nsfw-threshold", repr(nsfw), "--scores", "clip", "--no-progress"]) == 0
-    return out
+    options = [*models, "--remove-duplicates", str(root / "removal"), "--min-size", "52", "--min-caption-words", "8",
+               "--aesthetic-threshold", repr(aesthetic), "--nsfw-threshold", repr(nsfw)]
+    assert cli.main(["curate", str(inputs), "--output", out, *options, "--scores", "clip", "--no-progress"]) == 0
+    last = sorted(row["clip_score"] for row in survivors if row["nsfw_score"] < nsfw)  # what reaches the CLIP filter
+    return FullRun(out, str(inputs), [*options, "--phash", "--clip-score-threshold", repr(last[len(last) // 2])])
+
+
+class FullRun(NamedTuple):
+    out: str  # the run the report tests look at
+    inputs: str
+    every_stage: list[str]  # curate options that run every built-in stage, each dropping something
 
 
 def test_the_report_opens_in_chromium_with_everything_in_it(full_run):
+    full_run = full_run.out
     chromium = _chromium()
     page = os.path.join(full_run, "_report", "index.html")
     assert os.path.exists(page)
@@ -131,6 +140,7 @@ def test_the_report_opens_in_chromium_with_everything_in_it(full_run):
 
 
 def test_report_command_rewrites_the_report_from_the_output_alone(full_run, capsys):
+    full_run = full_run.out
     page = os.path.join(full_run, "_report", "index.html")
     os.remove(page)
     assert cli.main(["report", full_run]) == 0
@@ -153,3 +163,23 @@ def test_the_report_reads_a_bounded_sample_of_tars(tmp_path, monkeypatch):
     report.write_report(out)
     tars = [path for path in opened if path.endswith(".tar")]
     assert len(glob.glob(f"{out}/*.tar")) == 7 and 0 < len(tars) <= report.SAMPLE_TARS
+
+
+def test_every_built_in_stage_between_reader_and_writer_on_two_worker_processes(full_run, tmp_path):
+    """Every stage curate's options add, each dropping something, on one process and on two: both
+    reconcile, with the same records and the same bytes."""
+    runs = {"one": [], "two": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]}
+    outputs = {}
+    for name, runner in runs.items():
+        out = str(tmp_path / name)
+        assert cli.main(["curate", full_run.inputs, "--output", out, *full_run.every_stage, "--no-progress",
+                         "--no-report", *runner]) == 0
+        stats = json.loads(open(os.path.join(out, "_stats.json")).read())
+        assert stats["reconciles"] and stats["images_failed"] == 1 and stats["samples_read"] == 49
+        assert set(stats["filtered_by_stage"]) == {"image_dedup_filter", "image_size_filter", "caption_filter",
+                                                   "aesthetic_filter", "nsfw_filter", "clip_score_filter"}
+        assert all(count > 0 for count in stats["filtered_by_stage"].values())
+        assert stats["stages"]["phash"]["in"] == stats["stages"]["phash"]["kept"] > 0
+        outputs[name] = {os.path.relpath(path, out): open(path, "rb").read()
+                         for path in glob.glob(f"{out}/**/*.*", recursive=True) if not path.endswith(".json")}
+    assert outputs["one"] == outputs["two"] and any(path.startswith("_filtered") for path in outputs["one"])
