@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     writer.add_argument("--jpeg-quality", type=int, default=95, help="quality of re-encoded images")
     writer.add_argument("--force-reencode", action="store_true", help="re-encode every image from its pixels")
     writer.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier run in DIR")
+    writer.add_argument("--resume", action="store_true",
+                        help="finish an earlier run into DIR that was killed: skip the partitions it committed "
+                        "(same inputs and options; needs --deterministic-name)")
     writer.add_argument("--write-index", action="store_true", help="write DALI's index (.idx) beside each tar")
     writer.add_argument("--writer-mode", choices=["auto", "fused", "keyed"], default="auto",
                         help="fused: pack batches in the reader's bundles; keyed: gather each partition by a "
@@ -332,6 +335,8 @@ def _run_and_report(args: argparse.Namespace, beam_args: list[str], reader=None)
 
         report = write_report(args.output)
     print(stats.summary())
+    if stats.resumed_line():
+        print(stats.resumed_line())
     for line in stats.stage_lines():
         print(line)
     if report:

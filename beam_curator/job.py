@@ -28,6 +28,11 @@ _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "Swi
 _IN_PROCESS_RUNNERS = _LOCAL_RUNNERS - {"PortableRunner"}  # the job dies with the CLI's process
 ISOLATE_DECODER = {"auto": None, "always": True, "never": False}  # ImageReaderStage(isolate_decoder)
 SCORES = ("aesthetic", "nsfw", "clip")  # curate --scores
+# Options that change how a run goes, not what it writes; every other option shapes the output and
+# is recorded in each partition's manifest, and --resume refuses a run whose options differ.
+_RUN_ONLY_OPTIONS = {"command", "inputs", "output", "overwrite", "resume", "progress", "report", "wait", "log_level",
+                     "reader_verbose", "writer_verbose", "num_threads", "dali_batch_size", "max_failed_fraction",
+                     "model_batch_size", "writer_mode", "num_gpus_per_worker", "isolate_decoder"}
 _LOG = logging.getLogger(__name__)
 
 
@@ -63,6 +68,11 @@ def load_stage(spec: str):
     return stage
 
 
+def job_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a curate run that shape its output (what each partition's manifest records)."""
+    return {name: value for name, value in sorted(vars(args).items()) if name not in _RUN_ONLY_OPTIONS}
+
+
 def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
     """The (FilePartitioningStage, ImageReaderStage, ImageWriterStage) that `curate` args describe."""
     from beam_curator.transforms import FilePartitioningStage, ImageReaderStage, ImageWriterStage
@@ -96,6 +106,8 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
         mode=args.writer_mode,
         # With --model-dir, embeddings are stored only when asked for (--embed): filters need them, readers may not.
         write_embeddings=bool(args.embed or not args.model_dir),
+        resume=bool(getattr(args, "resume", False)),
+        job_options=job_options(args),
     )
     return partitioning, reader, writer
 
@@ -163,7 +175,8 @@ def _stage_label(stage, index: int) -> str:
 
 def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_dir: str | None = None,
                    stages: Sequence = (), reader=None):
-    """The curate job as a Beam pipeline, built but not run: (pipeline, number of input shards).
+    """The curate job as a Beam pipeline, built but not run: (pipeline, number of input shards it will
+    read: all of them, but on a resumed run those of the partitions an earlier run committed).
 
     stages: PTransforms applied between reader and writer, after those args.stage names.
     reader: in place of the ImageReaderStage args describe (prune reads curated output without decoding).
@@ -173,7 +186,7 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_curator import __version__
-    from beam_curator.transforms import WriteRecords
+    from beam_curator.resume import ResumePlan, plan_resume
     from beam_curator.transforms.stats import WriteRunStats
 
     # The pipeline first: it hands its options (S3 endpoint, credentials, ...) to Beam's FileSystems,
@@ -185,23 +198,29 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     partitioning, image_reader, writer = build_stages(args, progress_dir=progress_dir)
     reader = reader or image_reader
     total_shards = sum(len(task.data) for task in partitioning.partitions())
-    _prepare_output(args.output, overwrite=args.overwrite)
+    resume = ResumePlan()
+    if writer.resume:
+        resume = plan_resume(args.output, partitioning.partitions(), writer.packing_options.naming_options(),
+                             writer.job_options)
+        partitioning.skip(resume.skip)
     batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling(
         threshold=args.max_failed_fraction)
     for index, stage in enumerate(all_stages):
         batches = batches | _stage_label(stage, index) >> stage  # ImageBatch -> ImageBatch
-    written = batches | "ImageWriter" >> writer.with_exception_handling()
+    # The writer writes each partition's records (the reader's included) with the partition's commit.
+    written = batches | "ImageWriter" >> writer.with_exception_handling()  # stops on an earlier run's shards
+    _prepare_output(args.output, overwrite=args.overwrite, resume=writer.resume)
     failures = (read_failures, written.failures) | "AllFailures" >> beam.Flatten()
-    record_files = (failures, written.filtered) | "WriteRecords" >> WriteRecords(args.output)
     options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command")}
     options["stages"] = [getattr(stage, "stage_name", None) or stage.label for stage in all_stages]
     pipeline | "RunStats" >> WriteRunStats(
         args.output, counts=written.counts, files=written.files, failures=failures, filtered=written.filtered,
-        after=[record_files], shards=total_shards, started=time.time(), inputs=args.inputs,
-        options=options, version=__version__)
+        shards=total_shards, started=time.time(), inputs=args.inputs, options=options, version=__version__,
+        committed=resume.counts(), resumed=resume.summary() if writer.resume else None)
     runner = _beam_option(beam_args, "runner") or DEFAULT_RUNNER
     write_owner(writer.temp_dir, runner=runner, local=runner.split(".")[-1] in _IN_PROCESS_RUNNERS)
-    return pipeline, total_shards
+    skipped_shards = sum(len(manifest.source_files) for manifest in resume.manifests)
+    return pipeline, total_shards - skipped_shards
 
 
 def _clean_leftovers(output: str) -> None:
@@ -217,18 +236,25 @@ def _clean_leftovers(output: str) -> None:
                          "is writing into %s", leftover.path, leftover.why, output)
 
 
-def _prepare_output(output: str, *, overwrite: bool) -> None:
-    """Record files and the stats of an earlier run are output too: stop, or with overwrite remove them."""
+def _prepare_output(output: str, *, overwrite: bool, resume: bool) -> None:
+    """Record files, manifests and the stats of an earlier run are output too: stop, or with overwrite
+    remove them (its shards are replaced at the end). A resumed run keeps what plan_resume kept."""
     from beam_curator import storage
-    from beam_curator.transforms.records import RECORD_DIRS
+    from beam_curator.manifest import PARTITIONS_DIR
+    from beam_curator.records import RECORD_DIRS
 
+    if resume:
+        return
     old = [path for directory in RECORD_DIRS for path in storage.match_files(storage.join(output, directory, "*.parquet"))]
     if old and not overwrite:
         raise FileExistsError(
             f"{output} already holds {len(old)} record file(s) of an earlier run under {'/, '.join(RECORD_DIRS)}/; "
-            "choose another output directory or pass --overwrite"
+            "choose another output directory, pass --overwrite, or finish that run with --resume"
         )
-    storage.delete_tree(old + ([storage.join(output, STATS_FILE)] if overwrite else []))
+    if overwrite:
+        old += storage.match_files(storage.join(output, PARTITIONS_DIR, "*"))
+        old.append(storage.join(output, STATS_FILE))
+    storage.delete_tree(old)
 
 
 def _beam_option(beam_args: Sequence[str], name: str) -> str | None:

@@ -9,6 +9,7 @@ mode packed them. No Beam here: files go through beam_curator.storage.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 from collections.abc import Sequence
@@ -95,7 +96,10 @@ def prepare_image(obj: ImageObject, options: PackingOptions) -> PreparedImage:
 
 @dataclass
 class WrittenShard:
-    """A tar+parquet pair written under temporary names, to be committed (renamed) later."""
+    """A tar+parquet pair written under temporary names, to be committed (renamed) later.
+
+    checksums: extension ("tar", "parquet", "idx") -> (size in bytes, sha256 hex), for the manifest.
+    """
 
     basename: str
     temp_tar: str
@@ -104,13 +108,39 @@ class WrittenShard:
     num_images: int
     partition_index: int
     dataset_name: str
+    checksums: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+class _HashingWriter:
+    """A write-only file that passes bytes on and keeps their size and sha256 (the tar's checksum
+    without reading it back)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._sha256.update(data)
+        self.size += len(data)
+        return self._handle.write(data)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def checksum(self) -> tuple[int, str]:
+        return self.size, self._sha256.hexdigest()
+
+
+def checksum(data: bytes) -> tuple[int, str]:
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 @dataclass
 class _OpenShard:
     basename: str
     temp_tar: str
-    handle: object
+    handle: _HashingWriter
     writer: TarShardWriter
     rows: list[MetadataRow] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
@@ -129,8 +159,8 @@ class PartitionPacker:
         self.dataset_name = dataset_name
         self._options = options
         self._directory = directory
-        self._digest = partition_hash(list(source_files), options.naming_options(),
-                                      deterministic=options.deterministic_name)
+        self.digest = partition_hash(list(source_files), options.naming_options(),
+                                     deterministic=options.deterministic_name)
         self._next_shard = 0
         self._last_batch = -1
         self._shard: _OpenShard | None = None
@@ -168,10 +198,10 @@ class PartitionPacker:
         return self._close() if self._shard is not None else None
 
     def _open(self) -> _OpenShard:
-        basename = shard_basename(self._digest, self._next_shard)
+        basename = shard_basename(self.digest, self._next_shard)
         self._next_shard += 1
         temp_tar = storage.join(self._directory, f"{basename}.tar")
-        handle = storage.create(temp_tar)
+        handle = _HashingWriter(storage.create(temp_tar))
         return _OpenShard(basename=basename, temp_tar=temp_tar, handle=handle, writer=TarShardWriter(handle))
 
     def _write(self, shard: _OpenShard, image: PreparedImage) -> None:
@@ -194,17 +224,21 @@ class PartitionPacker:
         shard, self._shard = self._shard, None
         shard.writer.close()
         shard.handle.close()
+        checksums = {"tar": shard.handle.checksum()}
         temp_parquet = storage.join(self._directory, f"{shard.basename}.parquet")
         temp_index = None
         if self._options.write_index:
             temp_index = storage.join(self._directory, f"{shard.basename}.idx")
+            index = shard.writer.index_text().encode()
             with storage.create(temp_index) as handle:
-                handle.write(shard.writer.index_text().encode())
+                handle.write(index)
+            checksums["idx"] = checksum(index)
         buffer = io.BytesIO()
         pq.write_table(rows_to_table(shard.rows), buffer)
         with storage.create(temp_parquet) as handle:
             handle.write(buffer.getvalue())
+        checksums["parquet"] = checksum(buffer.getvalue())
         _LOG.debug("wrote %d image(s) to %s", len(shard.rows), shard.temp_tar)
         return WrittenShard(basename=shard.basename, temp_tar=shard.temp_tar, temp_parquet=temp_parquet,
                             temp_index=temp_index, num_images=len(shard.rows), partition_index=self.partition,
-                            dataset_name=self.dataset_name)
+                            dataset_name=self.dataset_name, checksums=checksums)

@@ -3,13 +3,18 @@ dropped them on purpose). Nothing leaves the pipeline without one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-__all__ = ["FAILURE_SCHEMA", "FILTER_SCHEMA", "FailureRecord", "FilterRecord", "SCOPES", "failures_to_table",
-           "filtered_to_table"]
+__all__ = ["FAILURES_DIR", "FAILURE_SCHEMA", "FILTERED_DIR", "FILTER_SCHEMA", "FailureRecord", "FilterRecord",
+           "RECORD_DIRS", "SCOPES", "failures_to_table", "filtered_to_table", "record_files"]
+
+FAILURES_DIR = "_failures"  # DIR/_failures/failures-{digest}.parquet
+FILTERED_DIR = "_filtered"  # DIR/_filtered/filtered-{digest}.parquet
+RECORD_DIRS = (FAILURES_DIR, FILTERED_DIR)
 
 # sample: the sample is not in the output (no image, not decodable, over a limit).
 # companion: one companion member was left out (bad UTF-8 caption, invalid JSON, over the size limit);
@@ -62,3 +67,30 @@ FILTER_SCHEMA = pa.schema(
 def filtered_to_table(records: Sequence[FilterRecord]) -> pa.Table:
     columns = {name: [getattr(record, name) for record in records] for name in FILTER_SCHEMA.names}
     return pa.Table.from_pydict(columns, schema=FILTER_SCHEMA)
+
+
+def _failure_order(record: FailureRecord):
+    return record.member, record.key, record.stage, record.scope, record.error_class, record.message
+
+
+def _filtered_order(record: FilterRecord):
+    return record.member, record.key, record.image_id, record.stage, record.reason
+
+
+def record_files(records: Iterable[FailureRecord | FilterRecord], digest: str) -> list[tuple[str, bytes]]:
+    """The parquet files of a group of records, as (path relative to the output, bytes): failures under
+    `_failures/failures-{digest}.parquet`, filter records under `_filtered/filtered-{digest}.parquet`, a
+    file only for a kind that has records. Rows are sorted, so the same records give the same bytes."""
+    import pyarrow.parquet as pq
+
+    records = list(records)
+    files = []
+    for directory, prefix, kind, order, to_table in (
+            (FAILURES_DIR, "failures", FailureRecord, _failure_order, failures_to_table),
+            (FILTERED_DIR, "filtered", FilterRecord, _filtered_order, filtered_to_table)):
+        chosen = sorted((record for record in records if isinstance(record, kind)), key=order)
+        if chosen:
+            buffer = io.BytesIO()
+            pq.write_table(to_table(chosen), buffer)
+            files.append((f"{directory}/{prefix}-{digest}.parquet", buffer.getvalue()))
+    return files

@@ -74,6 +74,9 @@ class RunStats:
     version: str = ""
     inputs: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    # With --resume: what an earlier run had committed, which this run skipped and counts from its
+    # manifests (partitions, shards, samples_read, images_written); every other figure covers both runs.
+    resumed: dict[str, int] = field(default_factory=dict)
 
     @property
     def reconciles(self) -> bool:
@@ -86,6 +89,14 @@ class RunStats:
             f"filtered: {self.images_filtered}  written: {self.images_written}  tars: {self.tars_written}  "
             f"seconds: {self.seconds:.1f}  images/s: {self.images_per_second:.1f}"
         )
+
+    def resumed_line(self) -> str | None:
+        """`resumed: ...` on a resumed run, else None."""
+        if not self.resumed:
+            return None
+        return (f"resumed: {self.resumed.get('partitions', 0)} partition(s) committed earlier were skipped "
+                f"({self.resumed.get('shards', 0)} shards, {self.resumed.get('images_written', 0)} images written); "
+                f"this run read {self.shards_read - self.resumed.get('shards', 0)} shard(s); the figures cover both")
 
     def stage_lines(self) -> list[str]:
         """One line per curation stage that dropped or failed anything: `  min_size: 3 filtered, 1 failed`."""
@@ -132,7 +143,9 @@ class RunStats:
             members_failed=int(failures_by_scope.get("member", 0)),
             tars_written=tars,
             seconds=round(seconds, 3),
-            images_per_second=round(written / seconds, 2) if seconds > 0 else 0.0,
+            # this run's own images (a resumed run's figures also hold what it skipped)
+            images_per_second=round((written - about.get("resumed", {}).get("images_written", 0)) / seconds, 2)
+            if seconds > 0 else 0.0,
             images_decoded_by_pillow=reader["decoded_by_pillow"],
             stages={stage: {name: round(value, 3) if name == "seconds" else int(value) for name, value in figures.items()}
                     for stage, figures in sorted(stages.items())},

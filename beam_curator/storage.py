@@ -12,8 +12,8 @@ from typing import BinaryIO
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["create", "delete_tree", "has_glob", "join", "match_files", "open_read", "rename_if_present", "rename_many",
-           "write_atomically"]
+__all__ = ["create", "delete_tree", "file_sizes", "has_glob", "join", "match_files", "open_read", "rename_if_present",
+           "rename_many", "write_atomically"]
 
 RENAMES_PER_CALL = 100  # one FileSystems.rename call (a batch request on gs://)
 RENAME_THREADS = 16
@@ -41,6 +41,12 @@ def match_files(pattern: str) -> list[str]:
     """The files matching a glob, sorted; an empty list when none do."""
     (result,) = FileSystems.match([pattern])
     return sorted(metadata.path for metadata in result.metadata_list)
+
+
+def file_sizes(pattern: str) -> dict[str, int]:
+    """The files matching a glob, with their sizes in bytes (one listing, no request per file)."""
+    (result,) = FileSystems.match([pattern])
+    return {metadata.path: metadata.size_in_bytes for metadata in result.metadata_list}
 
 
 def rename_if_present(source: str, destination: str) -> bool:

@@ -160,11 +160,15 @@ class ImageBatch(Task):
     builds a new batch keeps it with `batch.with_images(objects)`.
     records: FilterRecords and FailureRecords of images that stages after the reader dropped or
     failed; they travel with the batch and the writer emits them (see beam_curator.transforms.stages).
+    read_failures: the reader's FailureRecords of the batch's partition since its previous batch (the
+    reader also emits them on its own output); the writer writes them with the partition's other
+    records and counts them in its manifest, so a committed partition holds all its records.
     """
 
     data: list[ImageObject] = field(default_factory=list)
     origin: BatchOrigin | None = None
     records: list[Any] = field(default_factory=list)
+    read_failures: list[Any] = field(default_factory=list)
 
     def with_images(self, objects: list[ImageObject], *, records: list[Any] | None = None) -> ImageBatch:
         """A new batch of `objects` with this batch's id, origin, metadata, stage timings and records
@@ -177,6 +181,7 @@ class ImageBatch(Task):
             _stage_perf=list(self._stage_perf),
             origin=self.origin,
             records=[*self.records, *(records or [])],
+            read_failures=list(self.read_failures),
         )
 
     def validate(self) -> bool:

@@ -1,13 +1,10 @@
 """The same input and options give byte-identical output on every runner set-up."""
 
-import glob
-import hashlib
-import os
 import sys
 
 import pytest
 
-from tests.helpers import curate, loopback_server
+from tests.helpers import curate, loopback_server, output_digests
 
 RUNNERS = {
     "fnapi-1-worker": ["--runner=FnApiRunner"],
@@ -26,7 +23,7 @@ def job_endpoint(tmp_path_factory):
 
 
 def _digests(out):
-    return {os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest() for p in glob.glob(f"{out}/*")}
+    return {name: digest for name, digest in output_digests(out).items() if name != "_stats.json"}
 
 
 def test_output_is_byte_identical_across_runners(tmp_path, make_dataset, job_endpoint):
@@ -42,7 +39,8 @@ def test_output_is_byte_identical_across_runners(tmp_path, make_dataset, job_end
                writer={"images_per_tar": 4, "write_index": True}, extra_options=options)
         digests[name] = _digests(out)
     reference = digests["fnapi-1-worker"]
-    # 3 partitions of 18, 18 and 9 images: tars of 4, 4, 4, 4, 2 / 4, 4, 4, 4, 2 / 4, 4, 1.
-    assert len(reference) == 13 * 3
+    # 3 partitions of 18, 18 and 9 images: tars of 4, 4, 4, 4, 2 / 4, 4, 4, 4, 2 / 4, 4, 1 (tar, parquet,
+    # index each), and a manifest per partition.
+    assert len(reference) == 13 * 3 + 3 and len([name for name in reference if name.startswith("_partitions/")]) == 3
     for name, got in digests.items():
         assert got == reference, f"{name} differs from the FnApiRunner's output"

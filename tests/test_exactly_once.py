@@ -5,7 +5,6 @@ of the attempt that succeeded, like Dataflow; the failures are injected into the
 """
 
 import glob
-import hashlib
 import os
 import tarfile
 
@@ -18,7 +17,7 @@ from beam_curator.tasks import FileGroupTask
 from beam_curator.transforms import ImageReaderStage, ImageWriterStage, image_writer
 from beam_curator.transforms.image_reader import _ReadImagesFn
 from beam_curator.webdataset import TarShardWriter
-from tests.helpers import curate, run_in_bundle
+from tests.helpers import curate, output_digests, run_in_bundle
 
 RETRYING_RUNNER = ["--runner=BundleBasedDirectRunner"]
 
@@ -39,7 +38,7 @@ def assert_exactly_once(out, dataset):
 
 
 def _digests(out):
-    return {os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest() for p in glob.glob(f"{out}/*")}
+    return {name: digest for name, digest in output_digests(out).items() if name != "_stats.json"}
 
 
 def test_writer_failing_on_first_attempts_is_retried_exactly_once(tmp_path, make_dataset, monkeypatch):
@@ -86,9 +85,9 @@ def test_crash_between_tar_and_parquet_rename_is_finished_by_the_retry(tmp_path,
     assert_exactly_once(out, dataset)
 
 
-def _written_shards(dataset, tmp_path, **writer_options):
-    """Run reader and writer DoFns by hand: the committed records a finalize would receive."""
-    writer = ImageWriterStage(str(tmp_path / "out"), **writer_options)
+def _written_shards(dataset, tmp_path, out="out", **writer_options):
+    """Run reader and writer DoFns by hand, as one bundle attempt: the PartitionOutputs a finalize would receive."""
+    writer = ImageWriterStage(str(tmp_path / out), **writer_options)
     temp_dir = storage.join(writer.output_dir, ".beam_curator-temp-manual")
     reader_fn = _ReadImagesFn(ImageReaderStage(dali_batch_size=3), shared.Shared())
     reader_fn.setup()
@@ -97,37 +96,54 @@ def _written_shards(dataset, tmp_path, **writer_options):
     tasks = [FileGroupTask(task_id=f"p{index}", dataset_name="d", data=[path],
                            _metadata={"partition_index": index, "source_files": [path]})
              for index, path in enumerate(sorted(dataset.shards))]
-    records = []
+    outputs = []
     for batch in run_in_bundle(reader_fn, tasks):
-        records += list(write_fn.process(batch))
-    return writer, temp_dir, records
+        outputs += [output for output in write_fn.process(batch) if isinstance(output, commit.PartitionOutput)]
+    return writer, temp_dir, outputs
 
 
-def test_finalize_twice_succeeds_and_changes_nothing(tmp_path, make_dataset):
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_finalize_twice_succeeds_and_changes_nothing(tmp_path, make_dataset, deterministic):
     dataset = make_dataset(shards=2, per_shard=5)
-    writer, temp_dir, records = _written_shards(dataset, tmp_path, images_per_tar=2)
+    writer, temp_dir, outputs = _written_shards(dataset, tmp_path, images_per_tar=2, deterministic_name=deterministic)
+    # With deterministic names each partition was committed as it finished; with random names finalize renames.
+    assert [output.committed for output in outputs] == [deterministic] * 2
     finalize = image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False)
-    first = list(finalize.process(records))
+    first = list(finalize.process(outputs))
     digests = _digests(writer.output_dir)
-    second = list(finalize.process(records))
+    second = list(finalize.process(outputs))
     assert [task.data for task in first] == [task.data for task in second] and len(first) == 6
     assert _digests(writer.output_dir) == digests
     assert_exactly_once(writer.output_dir, dataset)
 
 
+def test_a_second_commit_of_a_partition_changes_nothing(tmp_path, make_dataset):
+    """A retried bundle, or a speculative copy of it, commits the same partitions again: same bytes,
+    same names, same manifests, so the output is the same as after one commit."""
+    dataset = make_dataset(shards=2, per_shard=5)
+    writer, temp_dir, first = _written_shards(dataset, tmp_path, images_per_tar=2)
+    after_one = _digests(writer.output_dir)
+    assert len([name for name in after_one if name.startswith("_partitions/")]) == 2
+    _, _, second = _written_shards(dataset, tmp_path, images_per_tar=2)  # the second attempt
+    assert _digests(writer.output_dir) == after_one
+    list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(second))
+    assert_exactly_once(writer.output_dir, dataset)
+    assert _digests(writer.output_dir) == after_one
+
+
 def test_finalize_ignores_attempts_that_were_not_committed(tmp_path, make_dataset):
     dataset = make_dataset(shards=2, per_shard=4)
-    writer, temp_dir, records = _written_shards(dataset, tmp_path, images_per_tar=10)
+    writer, temp_dir, outputs = _written_shards(dataset, tmp_path, images_per_tar=10, deterministic_name=False)
     # A failed attempt's leftovers in the temporary directory, which Beam never committed.
-    stray = storage.join(temp_dir, "failed-attempt", os.path.basename(records[0].temp_tar))
+    stray = storage.join(temp_dir, "failed-attempt", os.path.basename(outputs[0].shards[0].temp_tar))
     with storage.create(stray) as handle:
         handle.write(b"partial")
-    list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(records))
+    list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(outputs))
     assert_exactly_once(writer.output_dir, dataset)
 
 
 def test_two_commits_of_one_name_are_refused(tmp_path, make_dataset):
     dataset = make_dataset(shards=1, per_shard=2)
-    writer, temp_dir, records = _written_shards(dataset, tmp_path)
+    writer, temp_dir, outputs = _written_shards(dataset, tmp_path)
     with pytest.raises(RuntimeError, match="two committed outputs are both named"):
-        list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(records * 2))
+        list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(outputs * 2))

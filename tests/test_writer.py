@@ -2,6 +2,7 @@ import glob
 import io
 import json
 import os
+import shutil
 import tarfile
 
 import apache_beam as beam
@@ -22,7 +23,8 @@ def _tar_members(path):
 
 
 def _outputs(directory):
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(directory, "*")))
+    """The files at the top of an output (its shards), not its folders (_partitions/, ...)."""
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(directory, "*")) if os.path.isfile(p))
 
 
 def test_tars_span_batches_and_hold_images_per_tar(tmp_path, make_dataset):
@@ -157,10 +159,14 @@ def test_existing_output_stops_the_run_unless_overwrite(tmp_path, make_dataset):
     (tmp_path / "out" / "keep.txt").write_text("not ours")
     stale = tmp_path / "out" / "images-0000000000000000-000000.tar"
     stale.write_bytes(b"old")
+    with pytest.raises(FileExistsError, match=r"holds 1 partition\(s\) an earlier run committed.*--resume"):
+        curate(dataset.directory, out)
+    shutil.rmtree(tmp_path / "out" / "_partitions")  # shards without manifests: an older version's output
     with pytest.raises(FileExistsError, match="already holds 3 shard file"):
         curate(dataset.directory, out)
     curate(dataset.directory, out, writer={"overwrite": True})
     assert not stale.exists() and (tmp_path / "out" / "keep.txt").exists()
+    assert len(glob.glob(f"{out}/_partitions/*.json")) == 1
     assert len(glob.glob(f"{out}/images-*")) == 2
     assert not glob.glob(f"{out}/.beam_curator-temp-*")
 

@@ -54,7 +54,7 @@ class _ReadCuratedFn(beam.DoFn):
 
         started = time.perf_counter()
         source_files = tuple(task._metadata.get("source_files", task.data))
-        batch_index, pending, counts = 0, [], Counter()
+        batch_index, pending, counts, failures = 0, [], Counter(), []
         for tar in task.data:
             with storage.open_read(tar[: -len(".tar")] + ".parquet") as handle:
                 rows = {row["key"]: row for row in pq.read_table(handle).to_pylist()}
@@ -65,29 +65,34 @@ class _ReadCuratedFn(beam.DoFn):
                     counts["samples_read"] += 1
                     row = rows.pop(sample.key, None)
                     if row is None or split_member_name(row["member_name"])[1] not in sample.members:
-                        yield self._failure(tar, sample.key, "the sample has no row in the parquet beside its tar")
+                        yield self._failure(tar, sample.key, "the sample has no row in the parquet beside its tar",
+                                            failures)
                         continue
                     pending.append(image_from_row(row, sample.members))
                     if len(pending) == self._batch_size:
-                        yield self._batch(task, source_files, batch_index, pending, False, counts, started)
-                        batch_index, pending, counts, started = batch_index + 1, [], Counter(), time.perf_counter()
+                        yield self._batch(task, source_files, batch_index, pending, False, counts, failures, started)
+                        batch_index, pending, counts, failures = batch_index + 1, [], Counter(), []
+                        started = time.perf_counter()
             for key in rows:  # rows whose sample is not in the tar
                 counts["samples_read"] += 1
-                yield self._failure(tar, key, "the parquet has a row for this key but the tar has no such sample")
+                yield self._failure(tar, key, "the parquet has a row for this key but the tar has no such sample",
+                                    failures)
             counts["shards_read"] += 1
-        yield self._batch(task, source_files, batch_index, pending, True, counts, started)
+        yield self._batch(task, source_files, batch_index, pending, True, counts, failures, started)
 
-    def _batch(self, task, source_files, index, objects, last, counts, started) -> ImageBatch:
+    def _batch(self, task, source_files, index, objects, last, counts, failures, started) -> ImageBatch:
         batch = ImageBatch(task_id=f"{task.task_id}_{index}", dataset_name=task.dataset_name, data=list(objects),
                            origin=BatchOrigin(partition=int(task._metadata.get("partition_index", 0)),
-                                              batch_index=index, last=last, source_files=source_files))
+                                              batch_index=index, last=last, source_files=source_files),
+                           read_failures=list(failures))
         batch.add_stage_perf(self._stage_name, time.perf_counter() - started, len(objects), dict(counts))
         return batch
 
-    def _failure(self, tar: str, key: str, message: str):
-        return beam.pvalue.TaggedOutput("failures", FailureRecord(
-            source=tar, member=key, key=key, stage=self._stage_name, scope="sample", error_class="MissingMetadata",
-            message=message))
+    def _failure(self, tar: str, key: str, message: str, carried: list):
+        record = FailureRecord(source=tar, member=key, key=key, stage=self._stage_name, scope="sample",
+                               error_class="MissingMetadata", message=message)
+        carried.append(record)  # with the next batch too (ImageBatch.read_failures)
+        return beam.pvalue.TaggedOutput("failures", record)
 
 
 class CuratedShardReader(beam.PTransform):

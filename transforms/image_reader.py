@@ -60,6 +60,7 @@ class _SubmittedBatch:
     timestamp: object
     window: object
     counts: Counter = field(default_factory=Counter)  # what the reader counted for this batch
+    failures: list[FailureRecord] = field(default_factory=list)  # the reader's records that go with it
 
 
 class _DecoderHandle:
@@ -108,6 +109,7 @@ class _ReadImagesFn(beam.DoFn):
         # the previous element, so the decoder never waits between partitions.
         self._in_flight: _SubmittedBatch | None = None
         self._counts = Counter()  # counted since the last batch was submitted; goes with the next one
+        self._failures: list[FailureRecord] = []  # recorded since then; go with it too (batch.read_failures)
 
     def process(self, task: FileGroupTask, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         # FileGroupTask -> ImageBatch, one per at most dali_batch_size decoded images, streamed;
@@ -125,15 +127,15 @@ class _ReadImagesFn(beam.DoFn):
         upcoming = next(items, None)
         while upcoming is not None or batch_index == 0:
             if isinstance(upcoming, FailureRecord):
-                yield from self._fail(upcoming, self._counts)
+                yield from self._fail(upcoming, self._counts, self._failures)
             elif upcoming is not None:
                 pending.append(upcoming)
             upcoming = next(items, None)
             if len(pending) == self._batch_size or upcoming is None:
                 # A partition with nothing in it still sends one empty batch: the writer learns it is complete.
                 yield from self._submit(_SubmittedBatch(task, pending, None, batch_index, upcoming is None, started,
-                                                        timestamp, window, self._counts))
-                self._counts = Counter()
+                                                        timestamp, window, self._counts, self._failures))
+                self._counts, self._failures = Counter(), []
                 batch_index += 1
                 pending = []
                 started = time.perf_counter()
@@ -163,13 +165,15 @@ class _ReadImagesFn(beam.DoFn):
             submitted.counts["decoded_by_pillow"] += by_pillow
         batch, failures = self._decoded_batch(submitted, results)
         for failure in failures:
-            for output in self._fail(failure, submitted.counts):
+            for output in self._fail(failure, submitted.counts, submitted.failures):
                 yield beam.pvalue.TaggedOutput(output.tag, windowed(output.value))
+        batch.read_failures = submitted.failures
         yield windowed(batch)
 
-    def _fail(self, record: FailureRecord, counts: Counter) -> Iterator:
+    def _fail(self, record: FailureRecord, counts: Counter, carried: list[FailureRecord]) -> Iterator:
         counter(f"{record.scope}s_failed").inc()
         counts[f"{record.scope}s_failed"] += 1
+        carried.append(record)
         _LOG.warning("%s %s %s: %s: %s", record.scope, record.source, record.member, record.error_class, record.message)
         if self._emit_failures:
             yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)

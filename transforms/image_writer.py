@@ -11,11 +11,16 @@ Two modes, byte-identical output (beam_curator.packing packs both):
 mode='auto' (the default) picks keyed when the pipeline graph shows such a step between the writer
 and ImageReaderStage, fused otherwise.
 
-Commit protocol: every bundle attempt writes its tar+parquet pairs under a directory of its own in
-`{output_dir}/.beam_curator-temp-{token}/`; the one commit step (beam_curator.commit) renames the
-committed pairs, tars before parquets, and deletes the temporary directory. A repeated commit is a
-no-op. Records (FailureRecords, FilterRecords) and counts are emitted from the same bundles as the
-tars, so a retried bundle's are counted once.
+Commit protocol (beam_curator.commit): every bundle attempt writes its tar+parquet pairs under a
+directory of its own in `{output_dir}/.beam_curator-temp-{token}/`. With deterministic names (the
+default) each input partition is committed as soon as its last tar is written: its failure and
+filter records, its pairs (tars before parquets), then its manifest `_partitions/{hash}.json`, last;
+a retried or speculative bundle commits the same bytes under the same names again, which changes
+nothing. A job killed midway keeps every committed partition, and `curate --resume` skips them. With
+random names, one commit step at the end renames the pairs of the attempts Beam kept. Either way the
+last step deletes the temporary directory, and a repeated commit is a no-op. Records (FailureRecords,
+FilterRecords) and counts are emitted from the same bundles as the tars, so a retried bundle's are
+counted once.
 """
 
 from __future__ import annotations
@@ -34,18 +39,19 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_curator import storage
-from beam_curator.commit import commit_shards, final_files
+from beam_curator.commit import PartitionLedger, PartitionOutput, commit_partition, commit_shards, final_files
 from beam_curator.leftovers import TEMP_DIR_PREFIX
+from beam_curator.manifest import PARTITIONS_DIR
 from beam_curator.naming import SHARD_PREFIX
 from beam_curator.packing import OUTPUT_FORMATS, PackingOptions, PartitionPacker, PreparedImage, prepare_image
-from beam_curator.records import FailureRecord, FilterRecord
+from beam_curator.records import RECORD_DIRS, FailureRecord, FilterRecord
 from beam_curator.stats import tally
 from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject, StagePerf
 
 from .coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from .metrics import counter
 
-__all__ = ["ImageWriterStage", "MODES", "WriteResult", "existing_shards", "fusion_break"]
+__all__ = ["ImageWriterStage", "MODES", "WriteResult", "existing_manifests", "existing_shards", "fusion_break"]
 
 _LOG = logging.getLogger(__name__)
 MODES = ("auto", "fused", "keyed")
@@ -85,6 +91,8 @@ class _WriterCore:
     def __init__(self, stage: ImageWriterStage):
         self._stage_name = stage.stage_name
         self._options = stage.packing_options
+        self._output_dir = stage.output_dir
+        self._job_options = dict(stage.job_options)
         self._remove_image_data = stage.remove_image_data
         self._verbose = stage.verbose
         self._emit_written = stage._with_written
@@ -105,24 +113,34 @@ class _WriterCore:
 
     def _prepared(self, batch: ImageBatch):
         """Take the batch (see _take), then prepare its images: yields a FailureRecord (tagged) for
-        each image that cannot be written, and returns the PreparedImages of the others, in order."""
+        each image that cannot be written, and returns the PreparedImages of the others, in order,
+        and every record of the batch (the reader's, the stages', these), for its partition's commit."""
         yield from self._take(batch)
-        prepared = []
+        prepared, records = [], [*batch.read_failures, *batch.records]
         for obj in batch.data:
             try:
                 prepared.append(prepare_image(obj, self._options))
             except (ValueError, TypeError) as error:  # bad pixels from a stage: this image fails alone
-                yield from self._fail(obj, error)
-        return prepared
+                record = self._fail(obj, error)
+                records.append(record)
+                if self._emit_records:
+                    yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
+        return prepared, records
 
-    def _fail(self, obj: ImageObject, error: Exception) -> Iterator:
+    def _fail(self, obj: ImageObject, error: Exception) -> FailureRecord:
         source, _, member = obj.image_path.partition("#")
         record = FailureRecord(source=source, member=member, key=obj.key, stage=self._stage_name, scope="sample",
                                error_class=type(error).__name__, message=str(error))
         counter("images_write_failed").inc()
         _LOG.warning("could not write %s: %s: %s", obj.image_path or obj.image_id, record.error_class, record.message)
-        if self._emit_records:
-            yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
+        return record
+
+    def _commit(self, ledger: PartitionLedger) -> PartitionOutput:
+        output = commit_partition(ledger, self._output_dir, deterministic=self._options.deterministic_name,
+                                  options=self._job_options)
+        for shard in output.shards:
+            (_LOG.info if self._verbose else _LOG.debug)("wrote %d image(s) to %s", shard.num_images, shard.basename)
+        return output
 
     def _written_copy(self, batch: ImageBatch, prepared: list[PreparedImage], started: float) -> ImageBatch:
         """The batch as written, as a new element (Beam inputs must not be modified)."""
@@ -135,12 +153,15 @@ class _WriterCore:
         return written
 
     def _written(self, batch: ImageBatch, prepared: list[PreparedImage], started: float) -> Iterator:
-        """Count the batch as written (this writer's own tally), and emit it tagged if asked."""
+        """Count the batch as written (this writer's own tally), and emit it tagged if asked. Returns
+        the stages' timings and counts of the batch, this writer's included."""
         counter("images_written").inc(len(prepared))
         counts = {"in": batch.num_items, "written": len(prepared), "failed": batch.num_items - len(prepared)}
-        tally([StagePerf(self._stage_name, time.perf_counter() - started, len(prepared), counts)], self._tally)
+        own = StagePerf(self._stage_name, time.perf_counter() - started, len(prepared), counts)
+        tally([own], self._tally)
         if self._emit_written:
             yield beam.pvalue.TaggedOutput(WRITTEN_TAG, self._written_copy(batch, prepared, started))
+        return [*batch._stage_perf, own]
 
     def _counts_output(self):
         """The bundle's tally, windowed (it leaves from finish_bundle)."""
@@ -149,7 +170,7 @@ class _WriterCore:
 
 
 class _WriteShardsFn(_WriterCore, beam.DoFn):
-    """Fused mode: pack each batch as it arrives, in the reader's bundle."""
+    """Fused mode: pack each batch as it arrives, in the reader's bundle; commit each partition at its end."""
 
     def __init__(self, stage: ImageWriterStage, temp_dir: str):
         _WriterCore.__init__(self, stage)
@@ -157,51 +178,55 @@ class _WriteShardsFn(_WriterCore, beam.DoFn):
 
     def start_bundle(self):
         self._attempt_dir = storage.join(self._temp_dir, uuid.uuid4().hex)
-        self._packers: dict[int, PartitionPacker] = {}
+        self._partitions: dict[int, tuple[PartitionPacker, PartitionLedger]] = {}
         self._begin()
 
     def process(self, batch: ImageBatch) -> Iterator:
-        # ImageBatch -> WrittenShard per closed tar; tagged: records, the batch as written
+        # ImageBatch -> PartitionOutput per finished partition; tagged: records, the batch as written
         started = time.perf_counter()
-        prepared = yield from self._prepared(batch)
+        prepared, records = yield from self._prepared(batch)
         origin: BatchOrigin = batch.origin
-        packer = self._packers.get(origin.partition)
-        if packer is None:
-            packer = self._packers[origin.partition] = PartitionPacker(
-                origin.partition, origin.source_files, batch.dataset_name, self._options, self._attempt_dir)
+        if origin.partition not in self._partitions:
+            packer = PartitionPacker(origin.partition, origin.source_files, batch.dataset_name, self._options,
+                                     self._attempt_dir)
+            self._partitions[origin.partition] = packer, PartitionLedger(packer.digest, tuple(origin.source_files))
+        packer, ledger = self._partitions[origin.partition]
         packer.start_batch(origin.batch_index)
         for image in prepared:
             closed = packer.add(image)
             if closed is not None:
-                yield self._log(closed)
+                ledger.shards.append(closed)
+        ledger.records += records
+        ledger.add_counts((yield from self._written(batch, prepared, started)))
         if origin.last:
-            closed = packer.finish()
-            if closed is not None:
-                yield self._log(closed)
-        yield from self._written(batch, prepared, started)
+            yield self._finish(origin.partition)
 
     def finish_bundle(self):
-        # Partitions whose last batch a stage dropped: close what they have.
-        for packer in self._packers.values():
-            if not packer.closed:
-                closed = packer.finish()
-                if closed is not None:
-                    yield WindowedValue(self._log(closed), MIN_TIMESTAMP, [GlobalWindow()])
-        self._packers = {}
+        # Partitions whose last batch a stage dropped: close and commit what they have.
+        for partition in list(self._partitions):
+            if not self._partitions[partition][0].closed:
+                yield WindowedValue(self._finish(partition), MIN_TIMESTAMP, [GlobalWindow()])
+        self._partitions = {}
         yield from self._counts_output()
 
-    def _log(self, shard):
-        (_LOG.info if self._verbose else _LOG.debug)("wrote %d image(s) to %s", shard.num_images, shard.temp_tar)
-        return shard
+    def _finish(self, partition: int) -> PartitionOutput:
+        packer, ledger = self._partitions[partition]
+        closed = packer.finish()
+        if closed is not None:
+            ledger.shards.append(closed)
+        return self._commit(ledger)
 
 
 @dataclass
 class _PreparedBatch:
-    """Keyed mode: a batch reduced to what packing needs (bytes, no pixels)."""
+    """Keyed mode: a batch reduced to what packing and its partition's commit need (bytes, no pixels;
+    its records and its stages' counts)."""
 
     origin: BatchOrigin
     dataset_name: str
     images: list[PreparedImage]
+    records: list
+    perfs: list[StagePerf]
 
 
 class _PrepareFn(_WriterCore, beam.DoFn):
@@ -213,27 +238,27 @@ class _PrepareFn(_WriterCore, beam.DoFn):
     def process(self, batch: ImageBatch) -> Iterator:
         # ImageBatch -> (partition, _PreparedBatch); tagged: records, the batch as written
         started = time.perf_counter()
-        prepared = yield from self._prepared(batch)
-        yield from self._written(batch, prepared, started)
+        prepared, records = yield from self._prepared(batch)
+        perfs = yield from self._written(batch, prepared, started)
         yield batch.origin.partition, _PreparedBatch(batch.origin, batch.dataset_name,
-                                                     [image.without_pixels() for image in prepared])
+                                                     [image.without_pixels() for image in prepared], records, perfs)
 
     def finish_bundle(self):
         yield from self._counts_output()
 
 
-class _PackPartitionFn(beam.DoFn):
-    """Keyed mode, after the shuffle: one partition's batches in order, packed."""
+class _PackPartitionFn(_WriterCore, beam.DoFn):
+    """Keyed mode, after the shuffle: one partition's batches in order, packed and committed."""
 
     def __init__(self, stage: ImageWriterStage, temp_dir: str):
-        self._options = stage.packing_options
+        _WriterCore.__init__(self, stage)
         self._temp_dir = temp_dir
 
     def start_bundle(self):
         self._attempt_dir = storage.join(self._temp_dir, uuid.uuid4().hex)
 
     def process(self, element) -> Iterator:
-        # (partition, [_PreparedBatch]) -> WrittenShard per tar
+        # (partition, [_PreparedBatch]) -> PartitionOutput
         partition, batches = element
         # (batch index, image ids): a deterministic order even for a batch a stage split in two
         batches = sorted(batches, key=lambda b: (b.origin.batch_index, [image.obj.image_id for image in b.images]))
@@ -242,27 +267,34 @@ class _PackPartitionFn(beam.DoFn):
         first = batches[0]
         packer = PartitionPacker(partition, first.origin.source_files, first.dataset_name, self._options,
                                  self._attempt_dir)
+        ledger = PartitionLedger(packer.digest, tuple(first.origin.source_files))
         for batch in batches:
             for image in batch.images:
                 closed = packer.add(image)
                 if closed is not None:
-                    yield closed
+                    ledger.shards.append(closed)
+            ledger.records += batch.records
+            ledger.add_counts(batch.perfs)
         closed = packer.finish()
         if closed is not None:
-            yield closed
+            ledger.shards.append(closed)
+        yield self._commit(ledger)
 
 
 class _CommitFn(beam.DoFn):
-    """Rename the committed pairs to their final names and remove the temporary directory."""
+    """The last step: rename the pairs no partition commit renamed (random names), remove what an
+    overwritten run left, and remove the temporary directory."""
 
     def __init__(self, output_dir: str, temp_dir: str, overwrite: bool):
         self._output_dir = output_dir
         self._temp_dir = temp_dir
         self._overwrite = overwrite
 
-    def process(self, written) -> Iterator[FileGroupTask]:
-        # [WrittenShard] (every committed pair) -> FileGroupTask per final pair
-        committed = commit_shards(written, self._output_dir)
+    def process(self, partitions: list[PartitionOutput]) -> Iterator[FileGroupTask]:
+        # [PartitionOutput] (every partition written) -> FileGroupTask per final pair
+        committed = commit_shards([shard for part in partitions if not part.committed for shard in part.shards],
+                                  self._output_dir,
+                                  already_final=[shard for part in partitions if part.committed for shard in part.shards])
         final_names = set()
         for shard in committed:
             files = final_files(shard, self._output_dir)
@@ -273,10 +305,27 @@ class _CommitFn(beam.DoFn):
                                 _metadata={"num_images": shard.num_images})
         if self._overwrite:
             stale = [path for path in existing_shards(self._output_dir) if path not in final_names]
+            stale += _stale_partition_files(self._output_dir, partitions)
             if stale:
-                _LOG.info("overwrite: removing %d old shard file(s) from %s", len(stale), self._output_dir)
+                _LOG.info("overwrite: removing %d old file(s) from %s", len(stale), self._output_dir)
                 storage.delete_tree(stale)
         storage.delete_tree([self._temp_dir])
+
+
+def _stale_partition_files(output_dir: str, partitions: list[PartitionOutput]) -> list[str]:
+    """Manifests and record files in output_dir that no partition of this run wrote."""
+    digests = {part.digest for part in partitions if part.committed}
+    records = {part.records_digest for part in partitions}
+    stale = [path for path in existing_manifests(output_dir) if _digest_of(path) not in digests]
+    for directory in RECORD_DIRS:
+        stale += [path for path in storage.match_files(storage.join(output_dir, directory, "*.parquet"))
+                  if _digest_of(path) not in records]
+    return stale
+
+
+def _digest_of(path: str) -> str:
+    """The digest in a manifest or record file name: `{digest}.json`, `failures-{digest}.parquet`."""
+    return path.rsplit("/", 1)[-1].split(".", 1)[0].rsplit("-", 1)[-1]
 
 
 def existing_shards(output_dir: str) -> list[str]:
@@ -285,6 +334,12 @@ def existing_shards(output_dir: str) -> list[str]:
     for extension in ("tar", "parquet", "idx"):
         found += storage.match_files(storage.join(output_dir, f"{SHARD_PREFIX}-*.{extension}"))
     return sorted(found)
+
+
+def existing_manifests(output_dir: str) -> list[str]:
+    """The manifests of committed partitions in output_dir (`_partitions/*.json`)."""
+    return [path for path in storage.match_files(storage.join(output_dir, PARTITIONS_DIR, "*.json"))
+            if not path.rsplit("/", 1)[-1].startswith(".")]
 
 
 def _ancestors(applied):
@@ -360,6 +415,15 @@ class ImageWriterStage(beam.PTransform):
         is the same in both.
       write_embeddings: False leaves the parquet's `embedding` column empty: the embeddings were
         computed for filters only (`curate` without --embed).
+      resume: the output holds partitions an earlier run of the same job committed (their manifests
+        under `_partitions/`); keep them instead of stopping. The job must skip those partitions
+        and remove what the earlier run left of the others first: `curate --resume` does both
+        (beam_curator.resume). Needs deterministic_name=True; not with overwrite.
+      job_options: what the job records of its options in each partition's manifest (the options
+        that shape the output), which --resume compares; JSON-serialisable, no timings.
+
+    Each partition's failure and filter records are written to `_failures/failures-{digest}.parquet`
+    and `_filtered/filtered-{digest}.parquet` (digest of its source files) when it is committed.
 
     Returns a WriteResult (files, written, failures, filtered, counts).
     """
@@ -380,6 +444,8 @@ class ImageWriterStage(beam.PTransform):
         output_format: str | None = None,
         mode: str = "auto",
         write_embeddings: bool = True,
+        resume: bool = False,
+        job_options: dict | None = None,
     ):
         super().__init__()
         if not output_dir or not isinstance(output_dir, str):
@@ -392,6 +458,12 @@ class ImageWriterStage(beam.PTransform):
             raise ValueError(f"output_format must be None (keep each image's format) or 'jpg', got {output_format!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if resume and not deterministic_name:
+            raise ValueError("resume=True (--resume) needs deterministic_name=True: with random names a run cannot "
+                             "tell which partitions an earlier run committed")
+        if resume and overwrite:
+            raise ValueError("resume=True (--resume) keeps an earlier run's partitions and overwrite=True (--overwrite) "
+                             "replaces them: choose one")
         self.output_dir = output_dir.rstrip("/")
         self.images_per_tar = images_per_tar
         self.verbose = verbose
@@ -404,6 +476,8 @@ class ImageWriterStage(beam.PTransform):
         self.write_index = write_index
         self.output_format = output_format
         self.mode = mode
+        self.resume = resume
+        self.job_options = dict(job_options or {})
         self.resolved_mode: str | None = None  # set when applied
         self.packing_options = PackingOptions(
             images_per_tar=images_per_tar, jpeg_quality=jpeg_quality, force_reencode=force_reencode,
@@ -424,7 +498,13 @@ class ImageWriterStage(beam.PTransform):
         return self
 
     def expand(self, batches):
-        if not self.overwrite:
+        if not self.overwrite and not self.resume:
+            manifests = existing_manifests(self.output_dir)
+            if manifests:
+                raise FileExistsError(
+                    f"{self.output_dir} holds {len(manifests)} partition(s) an earlier run committed (under "
+                    f"{PARTITIONS_DIR}/): finish that run with --resume (resume=True; same input and options), "
+                    "replace it with --overwrite (overwrite=True), or choose another output directory")
             existing = existing_shards(self.output_dir)
             if existing:
                 raise FileExistsError(
@@ -439,19 +519,19 @@ class ImageWriterStage(beam.PTransform):
             _LOG.info("%s: keyed mode, because %s", self.stage_name, why)
         tags = (WRITTEN_TAG, FAILURES_TAG, FILTERED_TAG, COUNTS_TAG)
         if self.resolved_mode == "fused":
-            # ImageBatch -> WrittenShard (main); tagged: written, failures, filtered, counts
+            # ImageBatch -> PartitionOutput (main); tagged: written, failures, filtered, counts
             outputs = batches | "WriteShards" >> beam.ParDo(_WriteShardsFn(self, temp_dir)).with_outputs(
-                *tags, main="shards")
-            shards = outputs.shards
+                *tags, main="partitions")
+            partitions = outputs.partitions
         else:
-            # ImageBatch -> (partition, _PreparedBatch) -> (partition, [_PreparedBatch]) -> WrittenShard
+            # ImageBatch -> (partition, _PreparedBatch) -> (partition, [_PreparedBatch]) -> PartitionOutput
             outputs = batches | "Prepare" >> beam.ParDo(_PrepareFn(self)).with_outputs(*tags, main="keyed")
-            shards = (outputs.keyed
+            partitions = (outputs.keyed
                       | "GroupByPartition" >> beam.GroupByKey()
                       | "PackPartitions" >> beam.ParDo(_PackPartitionFn(self, temp_dir)))
         files = (
-            shards
-            | "CollectCommitted" >> beam.combiners.ToList()  # [WrittenShard], once
+            partitions
+            | "CollectCommitted" >> beam.combiners.ToList()  # [PartitionOutput], once
             | "Commit" >> beam.ParDo(_CommitFn(self.output_dir, temp_dir, self.overwrite))  # FileGroupTask
         )
         return WriteResult(
@@ -475,4 +555,5 @@ class ImageWriterStage(beam.PTransform):
             "overwrite": self.overwrite,
             "write_index": self.write_index,
             "mode": self.resolved_mode or self.mode,
+            "resume": self.resume,
         }

@@ -99,12 +99,19 @@ class FilePartitioningStage(beam.PTransform):
         self.file_extensions = list(file_extensions)
         self.stage_name = name
         self._tasks: list[FileGroupTask] | None = None
+        self._skipped: frozenset[int] = frozenset()
 
     def partitions(self) -> list[FileGroupTask]:
         """The FileGroupTasks this stage emits (listing the input once)."""
         if self._tasks is None:
             self._tasks = self._build_tasks()
         return self._tasks
+
+    def skip(self, indices) -> FilePartitioningStage:
+        """Emit every partition but those of these indices (what an earlier run committed: `curate
+        --resume`); the others keep their indices and names."""
+        self._skipped = frozenset(indices)
+        return self
 
     def _build_tasks(self) -> list[FileGroupTask]:
         files = list_input_files(self.file_paths, self.file_extensions)
@@ -130,11 +137,13 @@ class FilePartitioningStage(beam.PTransform):
 
     def expand(self, pbegin):
         # FileGroupTask; Create's Reshuffle spreads the partitions over the workers.
-        return pbegin | "CreatePartitions" >> beam.Create(self.partitions())
+        tasks = [task for index, task in enumerate(self.partitions()) if index not in self._skipped]
+        return pbegin | "CreatePartitions" >> beam.Create(tasks)
 
     def display_data(self):
         return {
             "file_paths": str(self.file_paths),
             "files_per_partition": self.files_per_partition,
             "file_extensions": str(self.file_extensions),
+            "partitions_skipped": len(self._skipped),
         }

@@ -1,44 +1,22 @@
-"""WriteRecords: the records of what is not in the output, as parquet. FailureRecords go under
-DIR/_failures/, FilterRecords (images that stages dropped) under DIR/_filtered/, one file per source
-shard with its rows sorted: the same records give the same bytes under the same name, so a retried
-bundle rewrites a file identically. Both kinds share one GroupByKey."""
+"""WriteRecords: records of what is not in the output, as parquet files grouped by source shard.
+
+ImageWriterStage writes the records of each partition it writes itself (with the partition's commit);
+WriteRecords is for pipelines that keep records without that writer, such as a reader whose failures
+are wanted on their own. FailureRecords go under DIR/_failures/, FilterRecords under DIR/_filtered/,
+one file per source shard with its rows sorted (beam_curator.records.record_files): the same records
+give the same bytes under the same name, so a retried bundle rewrites a file identically.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 
 from beam_curator import storage
-from beam_curator.records import FilterRecord, failures_to_table, filtered_to_table
+from beam_curator.records import FAILURES_DIR, FILTERED_DIR, RECORD_DIRS, record_files
 
 __all__ = ["FAILURES_DIR", "FILTERED_DIR", "RECORD_DIRS", "WriteFailures", "WriteRecords"]
-
-FAILURES_DIR = "_failures"
-FILTERED_DIR = "_filtered"
-RECORD_DIRS = (FAILURES_DIR, FILTERED_DIR)
-
-
-def _failure_order(record):
-    return record.member, record.key, record.stage, record.scope, record.error_class, record.message
-
-
-def _filtered_order(record):
-    return record.member, record.key, record.image_id, record.stage, record.reason
-
-
-# directory -> (file prefix, row order, table)
-_KINDS = {
-    FAILURES_DIR: ("failures", _failure_order, failures_to_table),
-    FILTERED_DIR: ("filtered", _filtered_order, filtered_to_table),
-}
-
-
-def _keyed(record):
-    # record -> ((directory, source), record)
-    return (FILTERED_DIR if isinstance(record, FilterRecord) else FAILURES_DIR, record.source), record
 
 
 class _WriteSourceRecordsFn(beam.DoFn):
@@ -46,13 +24,10 @@ class _WriteSourceRecordsFn(beam.DoFn):
         self._output_dir = output_dir
 
     def process(self, element):
-        # ((directory, source), [record]) -> path of its parquet
-        (directory, source), records = element
-        prefix, order, to_table = _KINDS[directory]
-        name = f"{prefix}-{hashlib.sha256(source.encode()).hexdigest()[:16]}.parquet"
-        buffer = io.BytesIO()
-        pq.write_table(to_table(sorted(records, key=order)), buffer)
-        yield storage.write_atomically(storage.join(self._output_dir, directory, name), buffer.getvalue())
+        # (source, [record]) -> path of each parquet written
+        source, records = element
+        for relative, data in record_files(records, hashlib.sha256(source.encode()).hexdigest()[:16]):
+            yield storage.write_atomically(storage.join(self._output_dir, relative), data)
 
 
 class WriteRecords(beam.PTransform):
@@ -68,8 +43,8 @@ class WriteRecords(beam.PTransform):
             records = tuple(records) | "AllRecords" >> beam.Flatten()
         return (
             records
-            | "BySource" >> beam.Map(_keyed)  # ((directory, source), record)
-            | "Group" >> beam.GroupByKey()  # ((directory, source), [record])
+            | "BySource" >> beam.Map(lambda record: (record.source, record))  # (source, record)
+            | "Group" >> beam.GroupByKey()  # (source, [record])
             | "Write" >> beam.ParDo(_WriteSourceRecordsFn(self.output_dir))  # path
         )
 

@@ -2,8 +2,9 @@
 
 It runs in the job (not in the launcher), after the commit and after the record files are written,
 so template launches and `--no-wait` runs get the file too. Every figure comes from data: the stages'
-tallies that travelled with the batches, the committed tars, and the failure and filter records. All
-of it goes through one combine (a few pipeline stages, not one per figure: each costs start-up).
+tallies that travelled with the batches, the committed tars, and the failure and filter records; on a
+resumed run also the counts of the partitions an earlier run committed, from their manifests. All of
+it goes through one combine (a few pipeline stages, not one per figure: each costs start-up).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import apache_beam as beam
 
 from beam_curator import storage
+from beam_curator.manifest import empty_counts
 from beam_curator.stats import STATS_FILE, RunStats, merge_tallies
 
 __all__ = ["WriteRunStats"]
@@ -43,6 +45,13 @@ class _RunFigures(beam.CombineFn):
                 figures["failed"][stage] += 1
         elif kind == "filtered":
             figures["filtered"][value] += 1
+        elif kind == "committed":  # partitions an earlier run committed (beam_curator.manifest counts)
+            figures["tallies"] = merge_tallies([figures["tallies"], value["stages"]])
+            figures["images"] += value["written"]
+            figures["tars"] += value["tars"]
+            figures["scopes"].update(value["failures_by_scope"])
+            figures["failed"].update(value["failed_by_stage"])
+            figures["filtered"].update(value["filtered_by_stage"])
         else:  # "done": a record file was written
             figures["done"] += 1
         return figures
@@ -85,20 +94,27 @@ class WriteRunStats(beam.PTransform):
       after: PCollections that must be complete first (the written record files).
       shards: the number of input shards; started: the job's start (time.time()).
       inputs, options, version: written as they are.
+      committed: the summed manifest counts of partitions an earlier run committed, which this run
+        skipped (beam_curator.resume.ResumePlan.counts()); resumed: its summary, written as it is.
     """
 
     def __init__(self, output_dir: str, *, counts, files, failures, filtered, after: Sequence = (), shards: int,
-                 started: float, inputs: Sequence[str] = (), options: dict[str, Any] | None = None, version: str = ""):
+                 started: float, inputs: Sequence[str] = (), options: dict[str, Any] | None = None, version: str = "",
+                 committed: dict[str, Any] | None = None, resumed: dict[str, int] | None = None):
         super().__init__()
         self._output_dir = output_dir
         self._inputs = (counts, files, failures, filtered, *after)
         self._shards = shards
         self._started = started
-        self._about = {"inputs": list(inputs), "options": dict(options or {}), "version": version}
+        self._committed = committed or empty_counts()
+        self._about = {"inputs": list(inputs), "options": dict(options or {}), "version": version,
+                       "resumed": dict(resumed or {})}
 
     def expand(self, pbegin):
         counts, files, failures, filtered, *after = self._inputs
         events = [
+            # Always one event, so the combine has input even when an earlier run committed everything.
+            pbegin | "Committed" >> beam.Create([("committed", self._committed)]),
             counts | "Tallies" >> beam.Map(lambda tally: ("tally", tally)),
             files | "Tars" >> beam.Map(lambda task: ("tar", int(task._metadata["num_images"]))),
             failures | "Failures" >> beam.Map(lambda record: ("failure", (record.scope, record.stage))),
@@ -108,7 +124,6 @@ class WriteRunStats(beam.PTransform):
         return (
             tuple(events)
             | "Events" >> beam.Flatten()
-            # Every partition sends at least one tally, so the input is never empty: no default needed.
             | "Figures" >> beam.CombineGlobally(_RunFigures()).without_defaults()
             | "Write" >> beam.Map(_write_stats, output_dir=self._output_dir, shards=self._shards,
                                   started=self._started, about=self._about)
