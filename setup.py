@@ -24,7 +24,6 @@ setup(
         "pillow>=10,<13",
         "tqdm>=4.60,<5",
         "jinja2>=3,<4",  # the run report
-        "matplotlib>=3.7,<4",  # its plots
     ],
     extras_require={
         # The model stages (--model-dir): ONNX Runtime on the CPU. GPU workers install [gpu] instead:

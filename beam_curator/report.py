@@ -10,7 +10,6 @@ whatever the size of the output, but for the column aggregates, which read a few
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import random
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from beam_curator import storage
+from beam_curator.histogram_svg import histogram_svg
 from beam_curator.stats import STATS_FILE, RunStats
 from beam_curator.thumbnails import thumbnail_from_bytes
 
@@ -64,48 +64,15 @@ def _columns(output: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(column, dtype=np.float64) for name, column in values.items()}
 
 
-def _svg(title: str, series: list[tuple[str, np.ndarray]], threshold: float | None = None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(4.2, 2.6))
-    present = [(label, values[np.isfinite(values)]) for label, values in series]
-    present = [(label, values) for label, values in present if len(values)]
-    if present:
-        low = min(values.min() for _, values in present)
-        high = max(values.max() for _, values in present)
-        if threshold is not None:
-            low, high = min(low, threshold), max(high, threshold)
-        bins = np.linspace(low, high if high > low else low + 1, 31)
-        for label, values in present:
-            axes.hist(values, bins=bins, alpha=0.65, label=f"{label} ({len(values)})")
-    if threshold is not None:
-        axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
-    if present or threshold is not None:
-        axes.legend(fontsize=7)
-    if not present:
-        axes.text(0.5, 0.5, "no measured values", transform=axes.transAxes, ha="center", fontsize=8)
-    axes.set_title(title, fontsize=9)
-    axes.tick_params(labelsize=7)
-    figure.tight_layout()
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg")
-    pyplot.close(figure)
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]  # the inline element, without the XML prolog
-
-
 def _plots(columns: dict[str, np.ndarray], filtered: list[dict]) -> list[dict]:
     width, height = columns["width"], columns["height"]
     with np.errstate(invalid="ignore", divide="ignore"):
         aspect = np.maximum(width, height) / np.minimum(width, height)
-    plots = [{"name": "width", "title": "width (px)", "svg": _svg("width (px)", [("written", width)])},
-             {"name": "height", "title": "height (px)", "svg": _svg("height (px)", [("written", height)])},
+    plots = [{"name": "width", "title": "width (px)", "svg": histogram_svg("width (px)", [("written", width)])},
+             {"name": "height", "title": "height (px)", "svg": histogram_svg("height (px)", [("written", height)])},
              {"name": "aspect_ratio", "title": "aspect ratio (long / short side)",
-              "svg": _svg("aspect ratio", [("written", aspect)])},
-             {"name": "file_size", "title": "file size (KB)", "svg": _svg("file size (KB)",
+              "svg": histogram_svg("aspect ratio", [("written", aspect)])},
+             {"name": "file_size", "title": "file size (KB)", "svg": histogram_svg("file size (KB)",
                                                                           [("written", columns["file_size"] / 1024)])}]
     stages = sorted({row["stage"] for row in filtered if row["score"] is not None})
     for column in ("aesthetic_score", "nsfw_score", "clip_score"):
@@ -118,13 +85,13 @@ def _plots(columns: dict[str, np.ndarray], filtered: list[dict]) -> list[dict]:
             rows = [row for row in filtered if row["stage"] == stage]
             series.append((f"dropped by {stage}", np.asarray([row["score"] for row in rows], dtype=np.float64)))
             threshold = next((row["threshold"] for row in rows if row["threshold"] is not None), None)
-        plots.append({"name": column, "title": column, "svg": _svg(column, series, threshold)})
+        plots.append({"name": column, "title": column, "svg": histogram_svg(column, series, threshold)})
     for stage in sorted({row["stage"] for row in filtered} - set(_STAGE_COLUMNS) - {DEDUP_STAGE}):
         # the other filters: what each dropped, on its own measure (none for a sample without a caption)
         rows = [row for row in filtered if row["stage"] == stage]
         thresholds = sorted({row["threshold"] for row in rows if row["threshold"] is not None})
         plots.append({"name": stage, "title": f"{stage}: the measure it dropped on",
-                      "svg": _svg(stage, [("dropped", np.asarray([np.nan if row["score"] is None else row["score"]
+                      "svg": histogram_svg(stage, [("dropped", np.asarray([np.nan if row["score"] is None else row["score"]
                                                                     for row in rows], dtype=np.float64))],
                                   thresholds[0] if len(thresholds) == 1 else None)})
     return plots

@@ -183,3 +183,25 @@ def test_every_built_in_stage_between_reader_and_writer_on_two_worker_processes(
         outputs[name] = {os.path.relpath(path, out): open(path, "rb").read()
                          for path in glob.glob(f"{out}/**/*.*", recursive=True) if not path.endswith(".json")}
     assert outputs["one"] == outputs["two"] and any(path.startswith("_filtered") for path in outputs["one"])
+
+
+def test_histogram_svg_draws_each_bin_with_its_height_and_the_threshold():
+    import xml.etree.ElementTree as ElementTree
+
+    import numpy as np
+
+    from beam_curator.histogram_svg import BINS, histogram_svg
+
+    svg = histogram_svg("score", [("written", np.array([0.0, 0.0, 3.0, np.nan])), ("dropped", np.array([1.0]))], 2.0)
+    root = ElementTree.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    # the bars: filled rects other than the legend's 14 px swatches
+    bars = [rect for rect in root.iter(f"{ns}rect") if rect.get("fill-opacity") and rect.get("width") != "14"]
+    heights = sorted(round(float(bar.get("height")), 1) for bar in bars)
+    full = 260 - 26 - 34
+    assert heights == [full / 2, full / 2, full]  # the bins of 1.0, 3.0 (1 each) and 0.0 (2: the top)
+    texts = [text.text for text in root.iter(f"{ns}text")]
+    assert "written (3)" in texts and "dropped (1)" in texts and "threshold 2" in texts
+    assert [line.get("stroke-dasharray") for line in root.iter(f"{ns}line")][0] == "4 3"
+    assert BINS == 30
+    assert "no measured values" in histogram_svg("empty", [("written", np.array([np.nan]))])
