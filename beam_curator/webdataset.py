@@ -158,6 +158,8 @@ for _offset, _field in ((100, b"0000644\0"), (108, b"0000000\0"), (116, b"000000
                         (148, b"        "), (156, tarfile.REGTYPE), (257, tarfile.POSIX_MAGIC)):
     _HEADER_TEMPLATE[_offset : _offset + len(_field)] = _field
 _MAX_USTAR_SIZE = 8**11 - 1  # eleven octal digits
+# The checksum counts its own field as spaces; the template's part of it is the same for every header.
+_TEMPLATE_SUM = sum(_HEADER_TEMPLATE)
 
 
 def _ustar_header(name: str, size: int) -> bytes:
@@ -165,9 +167,12 @@ def _ustar_header(name: str, size: int) -> bytes:
         raise ValueError(f"member {name!r} is {size} bytes, over the USTAR limit of {_MAX_USTAR_SIZE}")
     header = bytearray(_HEADER_TEMPLATE)
     encoded = name.encode()
+    size_field = b"%011o\0" % size
     header[: len(encoded)] = encoded
-    header[124:136] = b"%011o\0" % size
-    header[148:156] = b"%06o\0 " % sum(header)  # the checksum counts its own field as spaces
+    header[124:136] = size_field
+    # The name and size fields are all that differ from the template (whose size field is zeros):
+    # summing them instead of the whole block makes a header ~3x cheaper.
+    header[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(encoded) + sum(size_field))
     return bytes(header)
 
 
