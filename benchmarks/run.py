@@ -289,7 +289,8 @@ def main(argv=None) -> int:
         result["rss_check"] = rss_check(args.threads, args.batch)
     print(table(result))
     os.makedirs(args.results, exist_ok=True)
-    name = args.name or ("small" if args.small else datetime.date.today().isoformat())
+    # The date and the size: a 2,000- and a 20,000-image run of one day keep a file each.
+    name = args.name or ("small" if args.small else f"{datetime.date.today().isoformat()}-cpu-{images}")
     with open(os.path.join(args.results, f"{name}.json"), "w") as handle:
         json.dump(result, handle, indent=2)
     if args.update_docs:
