@@ -79,8 +79,10 @@ def plan_resume(output_dir: str, partitions: Sequence[FileGroupTask], naming_opt
     if foreign:
         raise ValueError(
             f"--resume: {output_dir} holds {len(foreign)} committed partition(s) that this run does not have (e.g. "
-            f"the one of {', '.join(foreign[0].source_files)}): resume with the inputs and writer options of the run "
-            "that wrote it, or start again with --overwrite")
+            f"the one of {', '.join(foreign[0].source_files)}; this run's first is of "
+            f"{', '.join(partitions[0]._metadata.get('source_files', partitions[0].data)) if partitions else 'nothing'}): "
+            "resume with the inputs, --files-per-partition and writer options of the run that wrote it, or start "
+            "again with --overwrite")
     for manifest in manifests:
         differences = _differences(manifest.options, job_options)
         if differences:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 from collections import Counter
 from collections.abc import Sequence
@@ -26,11 +27,15 @@ def list_input_files(file_paths: str | Sequence[str], file_extensions: Sequence[
     """Expand directories, globs and file names into a sorted, de-duplicated list of files.
 
     A directory lists every file below it whose name ends with one of `file_extensions`
-    (case-insensitively). A pattern that matches nothing is an error naming the pattern.
+    (case-insensitively); local paths come back absolute. A pattern that matches nothing is an error
+    naming the pattern.
     """
     patterns = [file_paths] if isinstance(file_paths, str) else list(file_paths)
     if not patterns:
         raise ValueError("file_paths is empty: give a directory, a glob or a list of shard files")
+    # Local paths made absolute: the output names digest the source paths, so `in/` and `/data/in/`
+    # must name the same files alike (a resumed run finds its partitions whatever the working directory).
+    patterns = [pattern if "://" in pattern else os.path.abspath(pattern) for pattern in patterns]
     found: set[str] = set()
     for pattern in patterns:
         if storage.has_glob(pattern) or _has_extension(pattern, file_extensions):
