@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from beam_curator import storage
+from beam_curator.commit import records_digest
 from beam_curator.manifest import PARTITIONS_DIR, PartitionManifest, manifest_path, merge_counts, read_manifests
 from beam_curator.naming import SHARD_PREFIX, partition_hash
 from beam_curator.records import RECORD_DIRS
@@ -66,6 +67,24 @@ def _output_files(output_dir: str) -> dict[str, int]:
     return sizes
 
 
+def _not_of_this_job(output_dir: str, sizes: Mapping[str, int], digests: set[str], records: set[str]) -> list[str]:
+    """The shard and record files whose names carry a digest no partition of this run has (the
+    half-written temporary files of atomic writes are this job's and are not counted)."""
+    strangers = []
+    for path in sorted(sizes):
+        relative = path[len(output_dir.rstrip("/")) + 1:]
+        name = relative.rsplit("/", 1)[-1]
+        if name.startswith(".") or relative.startswith(f"{PARTITIONS_DIR}/"):
+            continue  # temporary files; manifests were checked already
+        if relative.startswith(RECORD_DIRS):
+            digest, wanted = name.split(".", 1)[0].rsplit("-", 1)[-1], records
+        else:  # images-{digest}-{index}.{extension}
+            digest, wanted = name.split(".", 1)[0].split("-")[1], digests
+        if digest not in wanted:
+            strangers.append(path)
+    return strangers
+
+
 def plan_resume(output_dir: str, partitions: Sequence[FileGroupTask], naming_options: Mapping[str, Any],
                 job_options: Mapping[str, Any]) -> ResumePlan:
     """Find the partitions an earlier run into output_dir committed, and remove what it left of the
@@ -89,6 +108,13 @@ def plan_resume(output_dir: str, partitions: Sequence[FileGroupTask], naming_opt
             raise ValueError(f"--resume: the run that committed {output_dir} had other options ("
                              f"{'; '.join(differences)}); resume with the same options, or start again with --overwrite")
     sizes = _output_files(output_dir)
+    strangers = _not_of_this_job(output_dir, sizes, set(digests),
+                                 {records_digest(task._metadata.get("source_files", task.data)) for task in partitions})
+    if strangers:
+        raise ValueError(
+            f"--resume: {output_dir} holds {len(strangers)} file(s) that no partition of this run would write (e.g. "
+            f"{strangers[0]}): written by a run with other inputs or options, random names or an older version; "
+            "resume with the inputs and options of the run that wrote them, or start again with --overwrite")
     plan, keep = ResumePlan(), set()
     for manifest in manifests:
         wanted = {storage.join(output_dir, name): size for name, size in manifest.file_sizes().items()}

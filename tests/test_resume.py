@@ -136,8 +136,9 @@ def test_kill_points_of_a_commit(tmp_path, job, reference, point, nth):
         assert [path for path in glob.glob(os.path.join(out, "images-*.tar")) if os.path.basename(path) not in names]
         # What a kill in the middle of other writes leaves: half-written files of atomic writes, and a
         # partition's tar beyond what its redo writes (a run of the same names killed earlier).
+        digest = os.path.basename(sorted(glob.glob(os.path.join(out, "images-*.tar")))[0]).split("-")[1]
         for leftover in ("_partitions/.0123456789abcdef.json.tmp-0a1b2c3d4e5f", "_failures/.failures-x.parquet.tmp-1",
-                         "images-0123456789abcdef-000007.tar", "images-0123456789abcdef-000007.parquet"):
+                         f"images-{digest}-000007.tar", f"images-{digest}-000007.parquet"):
             os.makedirs(os.path.dirname(os.path.join(out, leftover)), exist_ok=True)
             with open(os.path.join(out, leftover), "wb") as handle:
                 handle.write(b"partial")
@@ -174,8 +175,14 @@ def test_resume_of_a_finished_run_reads_nothing(tmp_path, job, reference):
     assert stats["reconciles"] and _files(out) == _files(reference)
 
 
-def test_resume_refuses_other_options_and_random_names(job, reference):
+def test_resume_refuses_other_options_other_files_and_random_names(tmp_path, job, reference):
     folder, options = job
+    stranger = tmp_path / "stranger"
+    shutil.copytree(reference, stranger)
+    (stranger / "images-0123456789abcdef-000000.tar").write_bytes(b"a shard of some other run")
+    refused = _curate(folder, str(stranger), options, "--resume", expect=2)
+    assert "no partition of this run would write" in refused.stderr and "images-0123456789abcdef" in refused.stderr
+    assert (stranger / "images-0123456789abcdef-000000.tar").exists()  # nothing was removed
     other = _curate(folder, reference, [*options, "--min-size", "60"], "--resume", expect=2)
     assert "other options" in other.stderr and "min_size: 56 then, 60 now" in other.stderr
     random = _curate(folder, reference, options, "--resume", "--no-deterministic-name", expect=2)
