@@ -69,8 +69,12 @@ def load_stage(spec: str):
 
 
 def job_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of a curate run that shape its output (what each partition's manifest records)."""
-    return {name: value for name, value in sorted(vars(args).items()) if name not in _RUN_ONLY_OPTIONS}
+    """The options of a curate run that shape its output (what each partition's manifest records), as
+    JSON values (curate()'s caller may pass a Path or a tuple: recorded as text or a list)."""
+    import json
+
+    shaping = {name: value for name, value in sorted(vars(args).items()) if name not in _RUN_ONLY_OPTIONS}
+    return json.loads(json.dumps(shaping, default=str))
 
 
 def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
