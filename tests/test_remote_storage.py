@@ -121,3 +121,31 @@ def test_model_dir_on_s3_is_copied_once_and_checked(s3_endpoint, tmp_path, monke
     second = run("second")
     assert [row["nsfw_score"] for row in second] == [row["nsfw_score"] for row in first]
     assert all(row["embedding"] and row["clip_score"] is not None for row in first)
+
+
+def test_resume_on_s3_redoes_the_partition_without_a_manifest(s3_endpoint, tmp_path, capsys, monkeypatch):
+    for name in CREDENTIALS:
+        monkeypatch.delenv(name, raising=False)
+    s3, _ = _upload_dataset(s3_endpoint, tmp_path, "resume-bucket")
+    args = ["curate", "s3://resume-bucket/input", "--output", "s3://resume-bucket/output", "--images-per-tar", "3",
+            "--no-progress", "--no-report", f"--s3_endpoint_url={s3_endpoint}", "--s3_region_name=us-east-1",
+            "--s3_access_key_id=testing", "--s3_secret_access_key=testing"]
+    assert cli.main(args) == 0
+
+    def objects():
+        listed = s3.list_objects_v2(Bucket="resume-bucket", Prefix="output/")["Contents"]
+        return {o["Key"]: s3.get_object(Bucket="resume-bucket", Key=o["Key"])["Body"].read() for o in listed
+                if o["Key"] != "output/_stats.json"}
+
+    finished = objects()
+    manifests = sorted(key for key in finished if key.startswith("output/_partitions/"))
+    assert len(manifests) == 2
+    # As a kill between the renames of a partition and its manifest leaves it, plus a half-written file.
+    lost = json.loads(finished[manifests[0]])
+    s3.delete_object(Bucket="resume-bucket", Key=manifests[0])
+    s3.delete_object(Bucket="resume-bucket", Key=f"output/{lost['files'][-1]['name']}")
+    s3.put_object(Bucket="resume-bucket", Key="output/_partitions/.x.json.tmp-0123", Body=b"partial")
+    capsys.readouterr()
+    assert cli.main([*args, "--resume"]) == 0
+    assert "resumed: 1 partition(s)" in capsys.readouterr().out
+    assert objects() == finished
