@@ -242,10 +242,13 @@ def _clean_leftovers(output: str) -> None:
 
 def _prepare_output(output: str, *, overwrite: bool, resume: bool) -> None:
     """Record files, manifests and the stats of an earlier run are output too: stop, or with overwrite
-    remove them (its shards are replaced at the end). A resumed run keeps what plan_resume kept."""
+    remove them, and its shards with them (each partition of this run is committed as it completes, so
+    the old output is not whole from the start anyway; and a killed overwrite can then be resumed). A
+    resumed run keeps what plan_resume kept."""
     from beam_curator import storage
     from beam_curator.manifest import PARTITIONS_DIR
     from beam_curator.records import RECORD_DIRS
+    from beam_curator.transforms.image_writer import existing_shards
 
     if resume:
         return
@@ -256,7 +259,7 @@ def _prepare_output(output: str, *, overwrite: bool, resume: bool) -> None:
             "choose another output directory, pass --overwrite, or finish that run with --resume"
         )
     if overwrite:
-        old += storage.match_files(storage.join(output, PARTITIONS_DIR, "*"))
+        old += storage.match_files(storage.join(output, PARTITIONS_DIR, "*")) + existing_shards(output)
         old.append(storage.join(output, STATS_FILE))
     storage.delete_tree(old)
 

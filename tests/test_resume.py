@@ -209,3 +209,16 @@ def test_manifests_list_every_file_with_its_size_and_sha256(reference):
     assert sum(sum(manifest.counts["filtered_by_stage"].values()) for manifest in manifests) == stats["images_filtered"]
     assert sum(manifest.counts["failures_by_scope"].get("sample", 0) for manifest in manifests) == stats["images_failed"]
     assert stats["images_failed"] == 1 and stats["images_filtered"] > 0
+
+
+def test_a_killed_overwrite_with_other_options_resumes(tmp_path, job, reference):
+    folder, options = job
+    out = str(tmp_path / "out")
+    shutil.copytree(reference, out)
+    other = [*options, "--images-per-tar", "5"]
+    _curate(folder, out, other, "--overwrite", kill_at=["before-manifest", "3"], expect=-signal.SIGKILL)
+    _curate(folder, out, other, "--resume")
+    fresh = str(tmp_path / "fresh")
+    _curate(folder, fresh, other)
+    assert _files(out) == _files(fresh) and _stats(out)["resumed"]["partitions"] == 2
+    _no_temporary_files(out)
