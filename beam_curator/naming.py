@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SHARD_PREFIX", "partition_hash", "shard_basename"]
+__all__ = ["SHARD_PREFIX", "name_digest", "partition_hash", "shard_basename"]
 
 SHARD_PREFIX = "images"
 
@@ -28,3 +28,11 @@ def partition_hash(source_files: Sequence[str], options: dict[str, Any], *, dete
 def shard_basename(digest: str, index: int) -> str:
     """`images-{digest}-{index:06d}`, without extension."""
     return f"{SHARD_PREFIX}-{digest}-{index:06d}"
+
+
+def name_digest(path: str) -> str:
+    """The digest an output file's name carries: `images-{digest}-{index}.tar` (and its twins),
+    `_failures/failures-{digest}.parquet`, `_filtered/filtered-{digest}.parquet`, `_partitions/{digest}.json`."""
+    stem = path.rsplit("/", 1)[-1].split(".", 1)[0]
+    parts = stem.split("-")
+    return parts[1] if stem.startswith(f"{SHARD_PREFIX}-") and len(parts) == 3 else parts[-1]

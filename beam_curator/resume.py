@@ -19,7 +19,7 @@ from typing import Any
 from beam_curator import storage
 from beam_curator.commit import records_digest
 from beam_curator.manifest import PARTITIONS_DIR, PartitionManifest, manifest_path, merge_counts, read_manifests
-from beam_curator.naming import SHARD_PREFIX, partition_hash
+from beam_curator.naming import SHARD_PREFIX, name_digest, partition_hash
 from beam_curator.records import RECORD_DIRS
 from beam_curator.tasks import FileGroupTask
 
@@ -73,16 +73,15 @@ def _not_of_this_job(output_dir: str, sizes: Mapping[str, int], digests: set[str
     strangers = []
     for path in sorted(sizes):
         relative = path[len(output_dir.rstrip("/")) + 1:]
-        name = relative.rsplit("/", 1)[-1]
-        if name.startswith(".") or relative.startswith(f"{PARTITIONS_DIR}/"):
+        if relative.rsplit("/", 1)[-1].startswith(".") or relative.startswith(f"{PARTITIONS_DIR}/"):
             continue  # temporary files; manifests were checked already
-        if relative.startswith(RECORD_DIRS):
-            digest, wanted = name.split(".", 1)[0].rsplit("-", 1)[-1], records
-        else:  # images-{digest}-{index}.{extension}
-            digest, wanted = name.split(".", 1)[0].split("-")[1], digests
-        if digest not in wanted:
+        if name_digest(relative) not in (records if relative.startswith(RECORD_DIRS) else digests):
             strangers.append(path)
     return strangers
+
+
+def _sources(task: FileGroupTask) -> list[str]:
+    return list(task._metadata.get("source_files", task.data))
 
 
 def plan_resume(output_dir: str, partitions: Sequence[FileGroupTask], naming_options: Mapping[str, Any],
@@ -91,15 +90,15 @@ def plan_resume(output_dir: str, partitions: Sequence[FileGroupTask], naming_opt
     others. naming_options: the writer's (PackingOptions.naming_options()); job_options: what this run
     records in its manifests. ValueError when the output is not an earlier run of this same job: a
     manifest of a partition this run does not have, or other options."""
-    digests = {partition_hash(list(task._metadata.get("source_files", task.data)), dict(naming_options),
-                              deterministic=True): index for index, task in enumerate(partitions)}
+    digests = {partition_hash(_sources(task), dict(naming_options), deterministic=True): index
+               for index, task in enumerate(partitions)}
     manifests = read_manifests(output_dir)
     foreign = [manifest for manifest in manifests if manifest.partition not in digests]
     if foreign:
         raise ValueError(
             f"--resume: {output_dir} holds {len(foreign)} committed partition(s) that this run does not have (e.g. "
             f"the one of {', '.join(foreign[0].source_files)}; this run's first is of "
-            f"{', '.join(partitions[0]._metadata.get('source_files', partitions[0].data)) if partitions else 'nothing'}): "
+            f"{', '.join(_sources(partitions[0])) if partitions else 'nothing'}): "
             "resume with the inputs, --files-per-partition and writer options of the run that wrote it, or start "
             "again with --overwrite")
     for manifest in manifests:
@@ -108,8 +107,7 @@ def plan_resume(output_dir: str, partitions: Sequence[FileGroupTask], naming_opt
             raise ValueError(f"--resume: the run that committed {output_dir} had other options ("
                              f"{'; '.join(differences)}); resume with the same options, or start again with --overwrite")
     sizes = _output_files(output_dir)
-    strangers = _not_of_this_job(output_dir, sizes, set(digests),
-                                 {records_digest(task._metadata.get("source_files", task.data)) for task in partitions})
+    strangers = _not_of_this_job(output_dir, sizes, set(digests), {records_digest(_sources(task)) for task in partitions})
     if strangers:
         raise ValueError(
             f"--resume: {output_dir} holds {len(strangers)} file(s) that no partition of this run would write (e.g. "

@@ -42,7 +42,7 @@ from beam_curator import storage
 from beam_curator.commit import PartitionLedger, PartitionOutput, commit_partition, commit_shards, final_files
 from beam_curator.leftovers import TEMP_DIR_PREFIX
 from beam_curator.manifest import PARTITIONS_DIR
-from beam_curator.naming import SHARD_PREFIX
+from beam_curator.naming import SHARD_PREFIX, name_digest
 from beam_curator.packing import OUTPUT_FORMATS, PackingOptions, PartitionPacker, PreparedImage, prepare_image
 from beam_curator.records import RECORD_DIRS, FailureRecord, FilterRecord
 from beam_curator.stats import tally
@@ -316,16 +316,11 @@ def _stale_partition_files(output_dir: str, partitions: list[PartitionOutput]) -
     """Manifests and record files in output_dir that no partition of this run wrote."""
     digests = {part.digest for part in partitions if part.committed}
     records = {part.records_digest for part in partitions}
-    stale = [path for path in existing_manifests(output_dir) if _digest_of(path) not in digests]
+    stale = [path for path in existing_manifests(output_dir) if name_digest(path) not in digests]
     for directory in RECORD_DIRS:
         stale += [path for path in storage.match_files(storage.join(output_dir, directory, "*.parquet"))
-                  if _digest_of(path) not in records]
+                  if name_digest(path) not in records]
     return stale
-
-
-def _digest_of(path: str) -> str:
-    """The digest in a manifest or record file name: `{digest}.json`, `failures-{digest}.parquet`."""
-    return path.rsplit("/", 1)[-1].split(".", 1)[0].rsplit("-", 1)[-1]
 
 
 def existing_shards(output_dir: str) -> list[str]:
