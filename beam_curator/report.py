@@ -203,6 +203,7 @@ def write_report(output: str, *, sheet_size: int = SHEET_SIZE, seed: int = 0) ->
         started=stats_dict.get("started") or "?",
         finished=stats_dict.get("finished") or "?",
         reconciliation=stats.reconciliation(),
+        resumed=stats.resumed_line(),
         failed_by_class=sorted(Counter(row["error_class"] for row in sample_failures).items()),
         filtered_by_stage=sorted(stats.filtered_by_stage.items()),
         dedup_stage=DEDUP_STAGE,

@@ -169,10 +169,12 @@ def test_resume_of_a_finished_run_reads_nothing(tmp_path, job, reference):
     out = str(tmp_path / "finished")
     shutil.copytree(reference, out)
     # The reference run named its input by absolute path; this one by a relative path: the same partitions.
-    _curate(folder, out, options, "--resume", source="input/")
+    done = _curate(folder, out, options, "--resume", "--report", source="input/")
     stats = _stats(out)
     assert stats["resumed"]["partitions"] == SHARDS and stats["shards_read"] - stats["resumed"]["shards"] == 0
     assert stats["reconciles"] and _files(out) == _files(reference)
+    line = f"resumed: {SHARDS} partition(s) committed earlier were skipped"
+    assert line in done.stdout and line in open(os.path.join(out, "_report", "index.html")).read()
 
 
 def test_resume_refuses_other_options_other_files_and_random_names(tmp_path, job, reference):
