@@ -224,3 +224,24 @@ def test_a_killed_overwrite_with_other_options_resumes(tmp_path, job, reference)
     _curate(folder, fresh, other)
     assert _files(out) == _files(fresh) and _stats(out)["resumed"]["partitions"] == 2
     _no_temporary_files(out)
+
+
+def test_killed_multiprocess_run_resumes_to_the_same_bytes(tmp_path, job, reference):
+    """Beam's worker processes die with the killed CLI; the resumed run (two worker processes again)
+    writes what the single-process reference wrote."""
+    folder, options = job
+    out = str(tmp_path / "out")
+    workers = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    command, env = _command(folder, out, [*options, *workers], slow=0.05)
+    process = subprocess.Popen(command, env=env, cwd=str(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _committed(out) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    committed = _committed(out)
+    assert 3 <= committed < SHARDS
+    _curate(folder, out, [*options, *workers], "--resume")
+    assert _stats(out)["resumed"]["partitions"] >= committed  # a worker may finish one more as the CLI dies
+    assert _files(out) == _files(reference)
+    _no_temporary_files(out)
