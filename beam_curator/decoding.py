@@ -28,6 +28,7 @@ import numpy as np
 from beam_curator.image_structure import dali_problem
 
 __all__ = [
+    "DecodedImages",
     "DecoderBase",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DaliImageDecoder",
@@ -139,6 +140,13 @@ def _pillow_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+class DecodedImages(list):
+    """What a submitted batch's future gives: decode()'s results, and `pillow`, how many of them Pillow
+    decoded (DALI refused them, or their structure kept them from DALI)."""
+
+    pillow = 0
+
+
 class DecoderBase:
     """What every decoder shares: `submit(images)` runs decode() on one background thread per decoder,
     in the order submitted; `take_pillow_count()` says how many images Pillow decoded since last asked
@@ -159,14 +167,23 @@ class DecoderBase:
             self._pillow_decoded += count
 
     def submit(self, images: Sequence[bytes]) -> Future:
-        """Start decoding `images` in the background; the future's result is what decode() returns.
+        """Start decoding `images` in the background; the future's result is what decode() returns, as
+        DecodedImages: with the number of them Pillow decoded, counted for this batch alone.
 
         Work is done in the order submitted (one background thread per decoder, shared by all callers).
         """
         with self._executor_lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-decode")
-            return self._executor.submit(self.decode, images)
+            return self._executor.submit(self._decode_counted, images)
+
+    def _decode_counted(self, images: Sequence[bytes]) -> DecodedImages:
+        # On the one decoding thread: the count taken right after decode() is this batch's, whichever
+        # DoFn thread submitted it (a count taken later by the caller could hold other threads' batches).
+        self.take_pillow_count()
+        results = DecodedImages(self.decode(images))
+        results.pillow = self.take_pillow_count()
+        return results
 
     def decode(self, images: Sequence[bytes]) -> list:
         raise NotImplementedError

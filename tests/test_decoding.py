@@ -72,6 +72,17 @@ def test_submitted_batches_decode_in_the_background_in_order(decoder):
                 np.testing.assert_array_equal(result, make_image(100 + 3 * b + i))
 
 
+def test_each_submitted_batch_counts_its_own_pillow_decodes(decoder):
+    """The count travels with the batch's results: taken from the decoder after the first result, it
+    would hold the second batch's GIF when both are done by then (several DoFn threads share a decoder)."""
+    plain = [encode(make_image(5), "PNG")]
+    with_gif = [encode(make_image(6), "GIF"), encode(make_image(7), "PNG")]
+    first, second = decoder.submit(plain), decoder.submit(with_gif)
+    second.result(timeout=60)  # both done before the first is looked at
+    assert (first.result().pillow, second.result().pillow) == (0, 1)
+    assert second.result()[0].shape == make_image(6).shape
+
+
 def _jpegs():
     import io
 

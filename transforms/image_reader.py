@@ -159,7 +159,7 @@ class _ReadImagesFn(beam.DoFn):
             return WindowedValue(value, submitted.timestamp, [submitted.window])
 
         results = submitted.future.result() if submitted.future is not None else []
-        by_pillow = self._handle.decoder.take_pillow_count()
+        by_pillow = getattr(results, "pillow", 0)  # this batch's own (DecodedImages)
         if by_pillow:
             counter("images_decoded_by_pillow").inc(by_pillow)
             submitted.counts["decoded_by_pillow"] += by_pillow
