@@ -96,18 +96,24 @@ def _committed(out):
     return len(glob.glob(os.path.join(out, "_partitions", "*.json")))
 
 
-def test_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, job, reference):
-    folder, options = job
-    out = str(tmp_path / "out")
+def _kill_midway(folder, out, options, *, at_least):
+    """Start curate (slowed down), SIGKILL it once at_least partitions are committed; how many are."""
     command, env = _command(folder, out, options, slow=0.05)
     process = subprocess.Popen(command, env=env, cwd=str(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while _committed(out) < 5 and process.poll() is None and time.monotonic() < deadline:
+    while _committed(out) < at_least and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     committed = _committed(out)
-    assert 5 <= committed < SHARDS, f"the job was not killed midway: {committed} partitions committed"
+    assert at_least <= committed < SHARDS, f"the job was not killed midway: {committed} partitions committed"
+    return committed
+
+
+def test_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, job, reference):
+    folder, options = job
+    out = str(tmp_path / "out")
+    committed = _kill_midway(folder, out, options, at_least=5)
     assert not os.path.exists(os.path.join(out, "_stats.json"))
 
     done = _curate(folder, out, options, "--resume")
@@ -232,15 +238,7 @@ def test_killed_multiprocess_run_resumes_to_the_same_bytes(tmp_path, job, refere
     folder, options = job
     out = str(tmp_path / "out")
     workers = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
-    command, env = _command(folder, out, [*options, *workers], slow=0.05)
-    process = subprocess.Popen(command, env=env, cwd=str(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while _committed(out) < 3 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    committed = _committed(out)
-    assert 3 <= committed < SHARDS
+    committed = _kill_midway(folder, out, [*options, *workers], at_least=3)
     _curate(folder, out, [*options, *workers], "--resume")
     assert _stats(out)["resumed"]["partitions"] >= committed  # a worker may finish one more as the CLI dies
     assert _files(out) == _files(reference)
