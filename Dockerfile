@@ -1,7 +1,7 @@
 # One image for two jobs:
 #  - the Dataflow custom SDK container of GPU workers (ENTRYPOINT /opt/apache/beam/boot), and
 #  - the Flex Template launcher image (the launcher binary + FLEX_TEMPLATE_PYTHON_PY_FILE).
-# Versions must agree with setup.py; tests/test_deployment.py checks that they do.
+# Versions must agree with setup.py; tests/pipelines/test_deployment.py checks that they do.
 ARG BEAM_VERSION=2.77.0
 ARG PYTHON_VERSION=3.11
 

@@ -4,7 +4,7 @@
     python3 dev.py demo    # set up, make the sample dataset, curate it, check the counts reconcile
     python3 dev.py test    # set up, run the test suite (extra arguments go to pytest)
     python3 dev.py bench   # set up, run the benchmark (benchmarks/run.py; extra arguments go to it)
-    python3 dev.py fuzz-decoder  # set up, run a crash-fuzz campaign on the decoder (tests/decoder_fuzz.py)
+    python3 dev.py fuzz-decoder  # set up, run a crash-fuzz campaign on the decoder (tests/support/decoder_fuzz.py)
     python3 dev.py gpu-check     # set up, run everything that needs an NVIDIA GPU (benchmarks/gpu_check.py)
     python3 dev.py setup   # only create .venv and install the package with its test extras
 
@@ -74,7 +74,7 @@ def bench(bench_args: list[str]) -> None:
 
 def fuzz_decoder(fuzz_args: list[str]) -> None:
     setup()
-    _run(PYTHON, "-m", "tests.decoder_fuzz", *fuzz_args)
+    _run(PYTHON, "-m", "tests.support.decoder_fuzz", *fuzz_args)
 
 
 def main() -> None:

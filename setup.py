@@ -12,9 +12,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # transforms/ (the Beam layer) is installed as the subpackage beam_curator.transforms.
-    packages=["beam_curator", "beam_curator.transforms"],
+    packages=["beam_curator", *(f"beam_curator.{name}" for name in ("formats", "output", "models", "dedup", "report",
+                                                                       "jobs")),
+              "beam_curator.transforms", "beam_curator.transforms.io", "beam_curator.transforms.stages"],
     package_dir={"beam_curator": "beam_curator", "beam_curator.transforms": "transforms"},
-    package_data={"beam_curator": ["templates/*.html"]},
+    package_data={"beam_curator.report": ["templates/*.html"]},
     install_requires=[
         "apache-beam[aws]==2.77.0",
         "numpy>=1.26,<3",

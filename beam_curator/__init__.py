@@ -56,11 +56,11 @@ _STAGES = {
 
 def __getattr__(name: str):
     if name == "curate":
-        from beam_curator.job import curate
+        from beam_curator.jobs.curate import curate
 
         return curate
     if name == "RunStats":
-        from beam_curator.stats import RunStats
+        from beam_curator.output.stats import RunStats
 
         return RunStats
     if name in _STAGES:

@@ -9,10 +9,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from beam_curator.decoding import DEFAULT_MAX_IMAGE_PIXELS  # the core modules import no Beam, no DALI
-from beam_curator.job import ISOLATE_DECODER, SCORES, build_pipeline, build_stages, run
-from beam_curator.stats import RunStats
-from beam_curator.webdataset import DEFAULT_MAX_MEMBER_BYTES
+from beam_curator.formats.decoding import DEFAULT_MAX_IMAGE_PIXELS  # the core modules import no Beam, no DALI
+from beam_curator.formats.webdataset import DEFAULT_MAX_MEMBER_BYTES
+from beam_curator.jobs.curate import ISOLATE_DECODER, SCORES, build_pipeline, build_stages, run
+from beam_curator.output.stats import RunStats
 
 __all__ = ["RunStats", "build_parser", "build_pipeline", "build_stages", "console_main", "curate_parser", "main"]
 
@@ -204,7 +204,7 @@ def unknown_options(beam_args: Sequence[str], parser: argparse.ArgumentParser, c
     each with the closest known option; empty when all are known. Imports no Beam."""
     import difflib
 
-    from beam_curator.beam_options import BEAM_OPTIONS
+    from beam_curator.jobs.beam_options import BEAM_OPTIONS
 
     (subparsers,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
     ours = [option for action in subparsers.choices[command]._actions for option in action.option_strings
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"beam-curator {args.command} --help)", file=sys.stderr)
             return 2
     if args.command == "dedup":
-        from beam_curator.dedup_job import run_dedup, summary_line
+        from beam_curator.jobs.dedup import run_dedup, summary_line
 
         try:
             summary = run_dedup(args, beam_args)
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary_line(summary))
         return 0
     if args.command == "prune":
-        from beam_curator.transforms.curated_reader import CuratedShardReader
+        from beam_curator.transforms.io.curated_reader import CuratedShardReader
 
         curate_args = curate_parser(build_parser()).parse_args(
             [*args.inputs, "--output", args.output, "--images-per-tar", str(args.images_per_tar),
@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         curate_args.command = "prune"
         return _run_and_report(curate_args, beam_args, reader=CuratedShardReader(batch_size=args.images_per_tar))
     if args.command == "report":
-        from beam_curator.report import write_report
+        from beam_curator.report.page import write_report
 
         if beam_args:
             raise SystemExit(f"report: unrecognized arguments: {' '.join(beam_args)}")
@@ -331,7 +331,7 @@ def _run_and_report(args: argparse.Namespace, beam_args: list[str], reader=None)
         return 0
     report = None
     if args.report:
-        from beam_curator.report import write_report
+        from beam_curator.report.page import write_report
 
         report = write_report(args.output)
     print(stats.summary())
@@ -346,7 +346,7 @@ def _run_and_report(args: argparse.Namespace, beam_args: list[str], reader=None)
 
 
 def _export_models(args: argparse.Namespace) -> int:
-    from beam_curator.model_export import download_from_hub, export_models
+    from beam_curator.models.export import download_from_hub, export_models
 
     sources = None
     if args.from_hub:

@@ -55,7 +55,7 @@ class FilterRecord:
     reason: str
     score: float | None = None  # the score the decision was made on, if any
     threshold: float | None = None  # the bar it was held against, if any
-    thumbnail: bytes | None = None  # a small JPEG of the image (beam_curator.thumbnails), for the report
+    thumbnail: bytes | None = None  # a small JPEG of the image (beam_curator.formats.thumbnails), for the report
 
 
 FILTER_SCHEMA = pa.schema(

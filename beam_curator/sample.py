@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from beam_curator.webdataset import TarShardWriter
+from beam_curator.formats.webdataset import TarShardWriter
 
 __all__ = ["make_sample_dataset", "render_landscape"]
 

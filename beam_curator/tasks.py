@@ -159,7 +159,7 @@ class ImageBatch(Task):
     origin: where the batch comes from (set by ImageReaderStage; the writer needs it). A stage that
     builds a new batch keeps it with `batch.with_images(objects)`.
     records: FilterRecords and FailureRecords of images that stages after the reader dropped or
-    failed; they travel with the batch and the writer emits them (see beam_curator.transforms.stages).
+    failed; they travel with the batch and the writer emits them (see beam_curator.transforms.stages.kit).
     read_failures: the reader's FailureRecords of the batch's partition since its previous batch (the
     reader also emits them on its own output); the writer writes them with the partition's other
     records and counts them in its manifest, so a committed partition holds all its records.

@@ -19,7 +19,7 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
-from beam_curator.stats import RunStats
+from beam_curator.output.stats import RunStats
 
 __all__ = ["TWO_WORKERS", "StageContractError", "check_stage_contract"]
 
@@ -45,7 +45,7 @@ def check_stage_contract(stage, directory: str, *, shards: int = 3, images_per_s
     - the run reconciles, every term counted directly, and the stage's own counts add up;
     - no temporary file is left in the output.
     Returns the run's RunStats; raises StageContractError naming what broke."""
-    from beam_curator.job import curate
+    from beam_curator.jobs.curate import curate
     from beam_curator.sample import make_sample_dataset
 
     source, output = os.path.join(directory, "input"), os.path.join(directory, "output")

@@ -32,7 +32,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 def _device_name() -> str | None:
     """The first NVIDIA GPU's name, or None when DALI sees no CUDA device."""
-    from beam_curator.decoding import cuda_device_count
+    from beam_curator.formats.decoding import cuda_device_count
 
     if cuda_device_count() == 0:
         return None
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     bench_json = os.path.join(args.results, f"gpu-{stamp}-decode.json")
     steps = [
         _step("gpu tests", [python, "-m", "pytest", "-q", "-m", "gpu", "tests"], 240),
-        _step("fuzz, isolated", [python, "-m", "tests.decoder_fuzz", "--device", "gpu", "--mode",
+        _step("fuzz, isolated", [python, "-m", "tests.support.decoder_fuzz", "--device", "gpu", "--mode",
                                  "isolated-checked", "--cases", str(args.cases), "--seed", "11"], 150),
-        _step("fuzz, in process", [python, "-m", "tests.decoder_fuzz", "--device", "gpu", "--mode", "checked",
+        _step("fuzz, in process", [python, "-m", "tests.support.decoder_fuzz", "--device", "gpu", "--mode", "checked",
                                    "--cases", str(args.cases), "--seed", "11"], 150),
         _step("benchmark", [python, os.path.join("benchmarks", "gpu_decode.py"), "--shards", str(args.shards),
                             "--rounds", "3", "--json", bench_json], 240),

@@ -24,7 +24,7 @@ import run as bench  # noqa: E402  (benchmarks/run.py)
 
 
 def decode_only(blobs: list[bytes], *, gpu: bool, threads: int, batch: int) -> float:
-    from beam_curator.decoding import DaliImageDecoder
+    from beam_curator.formats.decoding import DaliImageDecoder
 
     decoder = DaliImageDecoder(batch_size=batch, num_threads=threads, use_gpu=gpu)
     return bench.decode_seconds(decoder, blobs, batch)
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json")
     args = parser.parse_args()
-    from beam_curator.decoding import cuda_device_count
+    from beam_curator.formats.decoding import cuda_device_count
 
     if cuda_device_count() == 0:
         sys.exit("gpu_decode: no CUDA device is visible to DALI on this machine")

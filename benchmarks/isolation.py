@@ -40,8 +40,8 @@ def main() -> int:
     parser.add_argument("--gpu", action="store_true", help="decode with DALI 'mixed'")
     parser.add_argument("--json")
     args = parser.parse_args()
-    from beam_curator.decoding import DaliImageDecoder
-    from beam_curator.isolated_decoding import IsolatedDecoder
+    from beam_curator.formats.decoding import DaliImageDecoder
+    from beam_curator.formats.isolated_decoding import IsolatedDecoder
 
     source = bench.make_dataset(args.shards, 250)
     images, _, blobs = bench.dataset_figures(source)

@@ -32,7 +32,7 @@ TARGET = 0.85
 
 def exported_model_dir(data: str, size: str, fp16: bool) -> str:
     """A random CLIP of that size and its heads, exported once (cached in benchmarks/data)."""
-    from tests import tiny_models
+    from tests.support import tiny_models
 
     base = os.path.join(data, f"models-{size}")
     exported = os.path.join(base, "exported-fp16" if fp16 else "exported")
@@ -53,8 +53,8 @@ def run_bare(model_dir: str, images: int, batch: int, gpu: bool) -> dict:
     """(m) in a child process: seconds spent in session.run for `images` preprocessed inputs."""
     script = f"""
 import json, time, numpy as np
-from beam_curator.inference import OnnxModel
-from beam_curator.model_dir import read_manifest, fetch_model_files
+from beam_curator.models.inference import OnnxModel
+from beam_curator.models.model_dir import read_manifest, fetch_model_files
 manifest = read_manifest({model_dir!r})
 paths = fetch_model_files(manifest, ("image_encoder", "aesthetic", "nsfw"))
 models = {{role: OnnxModel(path, use_gpu={gpu}) for role, path in paths.items()}}

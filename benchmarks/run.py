@@ -123,7 +123,7 @@ def decode_seconds(decoder, blobs: list[bytes], batch: int) -> float:
 
 def run_a(blobs: list[bytes], threads: int, batch: int) -> dict:
     """DALI decode-only over the same bytes, in this process; the decode loop is timed."""
-    from beam_curator.decoding import DaliImageDecoder
+    from beam_curator.formats.decoding import DaliImageDecoder
 
     decoder = DaliImageDecoder(batch_size=batch, num_threads=threads, use_gpu=False)
     return {"seconds": decode_seconds(decoder, blobs, batch), "peak_rss_mb": None, "images_out": len(blobs)}

@@ -4,11 +4,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.helpers import build_dataset
+from tests.support.helpers import build_dataset
 
 
 def pytest_collection_modifyitems(config, items):
-    from beam_curator.decoding import cuda_device_count
+    from beam_curator.formats.decoding import cuda_device_count
 
     if cuda_device_count() > 0:
         return
@@ -32,7 +32,7 @@ def exported_models(tmp_path_factory):
     """A tiny random CLIP (Hugging Face format) and the two heads at their real sizes, exported with
     `beam-curator export-models`: (model_dir, clip_dir, head paths)."""
     from beam_curator import cli
-    from tests.tiny_models import make_clip_checkpoint, make_heads
+    from tests.support.tiny_models import make_clip_checkpoint, make_heads
 
     root = tmp_path_factory.mktemp("models")
     clip_dir = make_clip_checkpoint(str(root / "clip"))

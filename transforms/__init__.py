@@ -1,24 +1,24 @@
 """The Beam layer of beam_curator: PTransforms over the core, installed as `beam_curator.transforms`."""
 
-from .basic_filters import CaptionFilterStage, ImageSizeFilterStage
-from .convert import (
+from beam_curator.transforms.io.convert import (
     ConvertImageBatchToDocumentBatchStage,
     WriteDocumentBatchesToParquet,
     convert_image_batch,
 )
-from .dedup_stages import ImageDuplicatesRemovalStage, ImagePHashStage
-from .image_reader import ImageReaderStage, ReadResult
-from .image_writer import ImageWriterStage, WriteResult
-from .model_stages import (
+from beam_curator.transforms.io.image_reader import ImageReaderStage, ReadResult
+from beam_curator.transforms.io.image_writer import ImageWriterStage, WriteResult
+from beam_curator.transforms.io.partitioning import FilePartitioningStage
+from beam_curator.transforms.io.records import WriteFailures, WriteRecords
+from beam_curator.transforms.io.stats import WriteRunStats
+from beam_curator.transforms.stages.basic_filters import CaptionFilterStage, ImageSizeFilterStage
+from beam_curator.transforms.stages.duplicates import ImageDuplicatesRemovalStage, ImagePHashStage
+from beam_curator.transforms.stages.kit import CurationStage, Dropped, Failed, FilterImages, ScoreImages, StageOutcome
+from beam_curator.transforms.stages.models import (
     ImageAestheticFilterStage,
     ImageEmbeddingStage,
     ImageNSFWFilterStage,
     ImageTextSimilarityFilterStage,
 )
-from .partitioning import FilePartitioningStage
-from .records import WriteFailures, WriteRecords
-from .stages import CurationStage, Dropped, Failed, FilterImages, ScoreImages, StageOutcome
-from .stats import WriteRunStats
 
 __all__ = [
     "CaptionFilterStage",

@@ -1,0 +1,1 @@
+"""Deduplication: the per-group algorithms (pHash, band keys, union-find, SemDeDup) and removal lists."""

@@ -1,0 +1,350 @@
+"""Image decoding with NVIDIA DALI: one pipeline per worker process, GPU ('mixed') or CPU.
+
+No image reaches DALI before its structure has been checked (beam_curator.formats.image_structure): DALI's
+decoders can segfault on malformed bytes, which no Python code can catch. Images that fail the check
+(and GIF, which DALI does not decode) are decoded by Pillow alone. DALI decodes a whole batch or fails
+it whole, so a batch that fails is decoded again one image at a time to find the bad sample, which
+then falls back to Pillow.
+Nothing here runs at import time and nothing touches CUDA until a decoder is built on a worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from beam_curator.formats.image_structure import dali_problem
+
+__all__ = [
+    "DecodedImages",
+    "DecoderBase",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DaliImageDecoder",
+    "ImageDecodeError",
+    "cuda_device_count",
+    "decode_with_pillow",
+    "probe_size",
+]
+
+_LOG = logging.getLogger(__name__)
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
+_LIVE_DECODERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _release_live_decoders() -> None:
+    # DALI pipelines left for interpreter teardown fail in their __del__; release them first.
+    for decoder in list(_LIVE_DECODERS):
+        if decoder._executor is not None:
+            decoder._executor.shutdown(wait=True)
+        decoder._pipeline = None
+
+
+class ImageDecodeError(ValueError):
+    """An image's bytes could not be decoded by DALI nor by the Pillow fallback."""
+
+
+def cuda_device_count() -> int:
+    """CUDA devices this process sees, through DALI's backend (0 without a driver)."""
+    try:
+        from nvidia.dali import backend
+    except ImportError as exc:  # pragma: no cover - DALI is a core dependency
+        raise ImportError("beam_curator needs NVIDIA DALI: pip install nvidia-dali-cuda120") from exc
+    try:
+        return int(backend.GetCUDADeviceCount())
+    except RuntimeError:
+        return 0
+
+
+def decode_with_pillow(data: bytes) -> np.ndarray:
+    """Decode to HxWx3 uint8 RGB with Pillow: first frame of animations, EXIF orientation applied
+    (as DALI does)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except Exception as exc:
+        # Pillow names the BytesIO object by address; keep failure messages reproducible.
+        message = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+        raise ImageDecodeError(f"{type(exc).__name__}: {message}") from exc
+
+
+def probe_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header, without decoding its pixels; None when Pillow does
+    not recognise the format. Pillow's own decompression-bomb refusal is raised as ImageDecodeError."""
+    size = _jpeg_size(data)
+    if size is not None:
+        return size
+    return _pillow_size(data)
+
+
+# Start-of-frame markers (they hold the size): C0-CF except DHT (C4), JPG (C8) and DAC (CC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0-7: no length field
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment; None for anything else or anything odd
+    (then Pillow decides). Pillow's header parse costs as much per image as reading the tar."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    position, end = 2, len(data)
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            position += 2
+            continue
+        if marker in _SOF_MARKERS:
+            if position + 9 > end:
+                return None
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            width = int.from_bytes(data[position + 7 : position + 9], "big")
+            return (width, height) if width and height else None  # height 0: defined later (DNL)
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
+def _pillow_size(data: bytes) -> tuple[int, int] | None:
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(str(exc)) from exc
+    except Exception:
+        return None
+
+
+class DecodedImages(list):
+    """What a submitted batch's future gives: decode()'s results, and `pillow`, how many of them Pillow
+    decoded (DALI refused them, or their structure kept them from DALI)."""
+
+    pillow = 0
+
+
+class DecoderBase:
+    """What every decoder shares: `submit(images)` runs decode() on one background thread per decoder,
+    in the order submitted; `take_pillow_count()` says how many images Pillow decoded since last asked
+    (DALI refused them, or their structure kept them from DALI)."""
+
+    _executor: ThreadPoolExecutor | None = None
+    _executor_lock = threading.Lock()  # not a decoder's own lock: that one is held while it decodes
+    _pillow_decoded = 0
+    _count_lock = threading.Lock()
+
+    def take_pillow_count(self) -> int:
+        with self._count_lock:
+            count, self._pillow_decoded = self._pillow_decoded, 0
+        return count
+
+    def _count_pillow(self, count: int = 1) -> None:
+        with self._count_lock:
+            self._pillow_decoded += count
+
+    def submit(self, images: Sequence[bytes]) -> Future:
+        """Start decoding `images` in the background; the future's result is what decode() returns, as
+        DecodedImages: with the number of them Pillow decoded, counted for this batch alone.
+
+        Work is done in the order submitted (one background thread per decoder, shared by all callers).
+        """
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-decode")
+            return self._executor.submit(self._decode_counted, images)
+
+    def _decode_counted(self, images: Sequence[bytes]) -> DecodedImages:
+        # On the one decoding thread: the count taken right after decode() is this batch's, whichever
+        # DoFn thread submitted it (a count taken later by the caller could hold other threads' batches).
+        self.take_pillow_count()
+        results = DecodedImages(self.decode(images))
+        results.pillow = self.take_pillow_count()
+        return results
+
+    def decode(self, images: Sequence[bytes]) -> list:
+        raise NotImplementedError
+
+
+class DaliImageDecoder(DecoderBase):
+    """A DALI pipeline that decodes batches of encoded images to HxWx3 uint8 RGB arrays.
+
+    Thread-safe: Beam runs one DoFn instance per harness thread and they share one decoder per
+    process, so feeding and running the pipeline is serialised by a lock (DALI itself decodes with
+    `num_threads` threads). `submit` decodes on the decoder's own thread, so that the caller reads and
+    writes while DALI decodes.
+    """
+
+    def __init__(self, *, batch_size: int, num_threads: int, use_gpu: bool, device_id: int = 0,
+                 _check_structure: bool = True):
+        from nvidia.dali import fn, pipeline_def, types
+
+        self.batch_size = batch_size
+        self.num_threads = num_threads
+        self.device = "mixed" if use_gpu else "cpu"
+        self._lock = threading.Lock()
+        self._check_structure = _check_structure  # False only in the crash-fuzz harness (tests/support/decoder_fuzz.py)
+
+        decoder_options = {"device": self.device, "output_type": types.RGB}
+        if use_gpu:
+            # The default changed between DALI releases; share the work between the hardware
+            # JPEG decoder and CUDA explicitly.
+            decoder_options["hw_decoder_load"] = 0.65
+
+        @pipeline_def(
+            batch_size=batch_size,
+            num_threads=num_threads,
+            # DALI's CPU-only mode wants device_id=None; a GPU pipeline names its device.
+            device_id=device_id if use_gpu else None,
+            prefetch_queue_depth=1,
+            exec_dynamic=True,
+        )
+        def _pipeline():
+            # no_copy: DALI reads the callers' bytes in place; _run keeps them alive until the outputs are back.
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=True)
+            return fn.decoders.image(encoded, **decoder_options)
+
+        self._pipeline = _pipeline()
+        self._pipeline.build()
+        if not _LIVE_DECODERS:
+            atexit.register(_release_live_decoders)
+        _LIVE_DECODERS.add(self)
+        _LOG.info(
+            "built DALI %s decoding pipeline (batch_size=%s, num_threads=%s)", self.device, batch_size, num_threads
+        )
+
+    def decode(self, images: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
+        """Decode `images`; each result is an array or the error that stopped that image alone.
+
+        Only images whose structure passes `dali_problem` reach DALI (its decoders can segfault on
+        malformed bytes); the others are decoded by Pillow alone."""
+        results: list[np.ndarray | ImageDecodeError | None] = [None] * len(images)
+        checked: list[int] = []  # indexes of the images DALI may decode
+        for index, data in enumerate(images):
+            problem = (dali_problem(data) if self._check_structure else None) if data else "empty image member"
+            if problem is None:
+                checked.append(index)
+            else:
+                results[index] = _decode_with_pillow_only(data, problem)
+                if isinstance(results[index], np.ndarray):
+                    self._count_pillow()
+        for start in range(0, len(checked), self.batch_size):
+            indexes = checked[start : start + self.batch_size]
+            decoded = self._decode_checked([images[index] for index in indexes])
+            for index, result in zip(indexes, decoded):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _decode_checked(self, chunk: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
+        """Decode images that passed the structural check: the whole chunk at once, or one by one
+        when DALI fails it."""
+        try:
+            return self._run(chunk)
+        except RuntimeError:
+            return self._decode_one_by_one(chunk)
+
+    def _run(self, chunk: Sequence[bytes]) -> list[np.ndarray]:
+        arrays = [np.frombuffer(data, dtype=np.uint8) for data in chunk]
+        with self._lock, _native_stderr_to_debug_log():
+            self._pipeline.feed_input("encoded", arrays)
+            (decoded,) = self._pipeline.run()
+            if self.device == "mixed":
+                decoded = decoded.as_cpu()
+            # Zero-copy views: with the dynamic executor an output buffer stays valid, and is not reused,
+            # for as long as a view of it lives (tests/unit/test_decoding.py checks this). Copying them out
+            # cost as much as decoding.
+            return [np.asarray(decoded[i]) for i in range(len(chunk))]
+
+    def _decode_one_by_one(self, chunk: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
+        results: list[np.ndarray | ImageDecodeError] = []
+        for data in chunk:
+            try:
+                (pixels,) = self._run([data])
+            except RuntimeError as dali_error:
+                dali_reason = _dali_reason(dali_error)
+                _LOG.debug("DALI could not decode an image (%s), trying Pillow", dali_reason)
+                try:
+                    pixels = decode_with_pillow(data)
+                except ImageDecodeError as pillow_error:
+                    results.append(ImageDecodeError(f"DALI: {dali_reason}; Pillow: {pillow_error}"))
+                    continue
+                self._count_pillow()
+            results.append(pixels)
+        return results
+
+
+_STDERR_LOCK = threading.Lock()  # one redirection of fd 2 at a time in this process
+_STDERR_CAPTURE: list = []  # the one temporary file it goes to, made on first use
+
+
+@contextlib.contextmanager
+def _native_stderr_to_debug_log():
+    """While DALI runs, what its native libraries print to fd 2 (libjpeg-turbo's "Corrupt JPEG data",
+    libpng's errors, nvImageCodec's coloured [ERROR] lines) goes to a temporary file, then to this
+    module's logger at DEBUG: the failure record names the image once, in Python. Anything else that
+    reached fd 2 meanwhile (another thread's log lines) is written back to stderr."""
+    with _STDERR_LOCK:
+        if not _STDERR_CAPTURE:
+            _STDERR_CAPTURE.append(tempfile.TemporaryFile())
+        capture = _STDERR_CAPTURE[0]
+        capture.seek(0)
+        capture.truncate()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", errors="replace").splitlines(keepends=True):
+                text = _ANSI_ESCAPES.sub("", line).strip()
+                if _NATIVE_LINE.match(text):
+                    _LOG.debug("DALI: %s", text)
+                elif text:
+                    sys.stderr.write(line)
+
+
+_ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+_NATIVE_LINE = re.compile(r"^(\[(ERROR|WARNING|INFO|DEBUG|TRACE|FATAL)\]|libpng |Corrupt JPEG data|Premature end of "
+                          r"JPEG|Invalid JPEG|Unsupported marker|Input file read error|Bogus |Warning: |"
+                          r"Not a JPEG|JPEG datastream|Huffman table|Quantization table|TIFF|OpenCV)")
+
+
+def _decode_with_pillow_only(data: bytes, problem: str) -> np.ndarray | ImageDecodeError:
+    try:
+        return decode_with_pillow(data)
+    except ImageDecodeError as pillow_error:
+        return ImageDecodeError(f"not given to DALI ({problem}); Pillow: {pillow_error}")
+
+
+def _dali_reason(error: RuntimeError) -> str:
+    """The informative line of a DALI error (they end with boilerplate about the pipeline)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "pipeline" not in line.lower() and not line.startswith(("File ", "C++ context"))]
+    return (useful or lines or [type(error).__name__])[-1][:300]

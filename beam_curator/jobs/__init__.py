@@ -1,0 +1,1 @@
+"""The jobs on top of the Beam layer: curate (and prune), dedup, and what running them locally needs."""

@@ -1,0 +1,341 @@
+"""The curate job: partition -> read -> your stages -> write, plus the records and `_stats.json`.
+
+`curate(inputs, output, stages=[...], **options)` is the Python entry point; the `beam-curator curate`
+command and the Flex Template build the same pipeline with build_pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from beam_curator.jobs.worker_output import worker_chatter_filtered
+from beam_curator.output.leftovers import find_leftovers, make_progress_dir, remove_stale_progress_dirs, write_owner
+from beam_curator.output.stats import STATS_FILE, RunStats
+
+__all__ = ["DEFAULT_RUNNER", "SCORES", "build_curation_stages", "build_model_stages", "build_pipeline", "build_stages",
+           "curate", "load_stage", "run"]
+
+DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
+_LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
+_IN_PROCESS_RUNNERS = _LOCAL_RUNNERS - {"PortableRunner"}  # the job dies with the CLI's process
+ISOLATE_DECODER = {"auto": None, "always": True, "never": False}  # ImageReaderStage(isolate_decoder)
+SCORES = ("aesthetic", "nsfw", "clip")  # curate --scores
+# Options that change how a run goes, not what it writes; every other option shapes the output and
+# is recorded in each partition's manifest, and --resume refuses a run whose options differ.
+_RUN_ONLY_OPTIONS = {"command", "inputs", "output", "overwrite", "resume", "progress", "report", "wait", "log_level",
+                     "reader_verbose", "writer_verbose", "num_threads", "dali_batch_size", "max_failed_fraction",
+                     "model_batch_size", "writer_mode", "num_gpus_per_worker", "isolate_decoder"}
+_LOG = logging.getLogger(__name__)
+
+
+def load_stage(spec: str):
+    """The stage `MODULE:NAME` names: an ImageBatch -> ImageBatch PTransform, or a zero-argument
+    callable returning one. The current directory is searched first, as `python -m` does."""
+    import apache_beam as beam
+
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"--stage wants MODULE:NAME (e.g. my_filters:drop_small), got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"--stage {spec}: cannot import {module_name!r}: {error}") from error
+    target = module
+    for part in name.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"--stage {spec}: {module_name} has no {name!r}")
+        target = getattr(target, part)
+    stage = target
+    if not isinstance(stage, beam.PTransform) and callable(stage):
+        try:
+            stage = target()
+        except TypeError as error:  # it wants arguments: not a stage factory
+            raise ValueError(f"--stage {spec}: {name} must be an ImageBatch -> ImageBatch PTransform or a function "
+                             f"of no arguments returning one; calling it failed: {error}") from error
+    if not isinstance(stage, beam.PTransform):
+        raise ValueError(f"--stage {spec}: {name} must be an ImageBatch -> ImageBatch PTransform or a function "
+                         f"of no arguments returning one, got {type(stage).__name__}")
+    return stage
+
+
+def job_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a curate run that shape its output (what each partition's manifest records), as
+    JSON values (curate()'s caller may pass a Path or a tuple: recorded as text or a list)."""
+    import json
+
+    shaping = {name: value for name, value in sorted(vars(args).items()) if name not in _RUN_ONLY_OPTIONS}
+    return json.loads(json.dumps(shaping, default=str))
+
+
+def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
+    """The (FilePartitioningStage, ImageReaderStage, ImageWriterStage) that `curate` args describe."""
+    from beam_curator.transforms import FilePartitioningStage, ImageReaderStage, ImageWriterStage
+
+    partitioning = FilePartitioningStage(
+        args.inputs,
+        files_per_partition=args.files_per_partition,
+        file_extensions=[ext.strip() for ext in args.file_extensions.split(",") if ext.strip()],
+    )
+    reader = ImageReaderStage(
+        dali_batch_size=args.dali_batch_size,
+        verbose=args.reader_verbose,
+        num_threads=args.num_threads,
+        num_gpus_per_worker=args.num_gpus_per_worker,
+        max_image_pixels=args.max_image_pixels,
+        max_member_bytes=args.max_member_bytes,
+        isolate_decoder=ISOLATE_DECODER[args.isolate_decoder],
+        progress_dir=progress_dir,
+    )
+    writer = ImageWriterStage(
+        args.output,
+        images_per_tar=args.images_per_tar,
+        verbose=args.writer_verbose,
+        deterministic_name=args.deterministic_name,
+        remove_image_data=args.remove_image_data,
+        jpeg_quality=args.jpeg_quality,
+        force_reencode=args.force_reencode,
+        overwrite=args.overwrite,
+        write_index=args.write_index,
+        output_format=None if args.output_format == "original" else args.output_format,
+        mode=args.writer_mode,
+        # With --model-dir, embeddings are stored only when asked for (--embed): filters need them, readers may not.
+        write_embeddings=bool(args.embed or not args.model_dir),
+        resume=bool(getattr(args, "resume", False)),
+        job_options=job_options(args),
+    )
+    return partitioning, reader, writer
+
+
+def build_curation_stages(args: argparse.Namespace) -> list:
+    """The stages `curate`'s own options ask for, in the order they run: duplicate removal
+    (--remove-duplicates), the basic filters, the perceptual hash (--phash), then the model stages.
+    Cheap drops come first, so the later stages see fewer images."""
+    from beam_curator.transforms import (
+        CaptionFilterStage,
+        ImageDuplicatesRemovalStage,
+        ImagePHashStage,
+        ImageSizeFilterStage,
+    )
+
+    stages = [ImageDuplicatesRemovalStage(args.remove_duplicates)] if args.remove_duplicates else []
+    if args.min_size is not None or args.max_aspect_ratio is not None or args.max_pixels is not None:
+        stages.append(ImageSizeFilterStage(args.min_size, args.max_aspect_ratio, args.max_pixels))
+    if args.min_caption_words is not None or args.min_caption_chars is not None or args.max_caption_chars is not None:
+        stages.append(CaptionFilterStage(args.min_caption_words, args.min_caption_chars, args.max_caption_chars))
+    if args.phash:
+        stages.append(ImagePHashStage())
+    return stages + build_model_stages(args)
+
+
+def build_model_stages(args: argparse.Namespace) -> list:
+    """The model stages `curate` args ask for, in order: ImageEmbeddingStage, then the aesthetic, NSFW
+    and CLIP-score stages that --scores or a threshold name. Empty without --model-dir (and then
+    nothing model-related is imported); ValueError for model options without it."""
+    scores = [name.strip() for name in (args.scores or "").split(",") if name.strip()]
+    unknown = sorted(set(scores) - set(SCORES))
+    if unknown:
+        raise ValueError(f"--scores takes a comma-separated list of {', '.join(SCORES)}; unknown: {', '.join(unknown)}")
+    thresholds = {"aesthetic": args.aesthetic_threshold, "nsfw": args.nsfw_threshold, "clip": args.clip_score_threshold}
+    wanted = [name for name in SCORES if name in scores or thresholds[name] is not None]
+    if not args.model_dir:
+        asked = ([f"--scores {args.scores}"] if scores else []) + (["--embed"] if args.embed else []) + [
+            f"--{name.replace('clip', 'clip-score')}-threshold" for name in SCORES if thresholds[name] is not None]
+        if asked:
+            raise ValueError(f"{', '.join(asked)} {'needs' if len(asked) == 1 else 'need'} --model-dir MODEL_DIR "
+                             "(the directory `beam-curator export-models` wrote)")
+        return []
+    from beam_curator.transforms import (
+        ImageAestheticFilterStage,
+        ImageEmbeddingStage,
+        ImageNSFWFilterStage,
+        ImageTextSimilarityFilterStage,
+    )
+
+    common = {"num_gpus_per_worker": args.num_gpus_per_worker, "model_inference_batch_size": args.model_batch_size}
+    stages = [ImageEmbeddingStage(args.model_dir, **common)]
+    filters = {"aesthetic": ImageAestheticFilterStage, "nsfw": ImageNSFWFilterStage}
+    for name in wanted:
+        if name == "clip":
+            stages.append(ImageTextSimilarityFilterStage(args.model_dir, **common, score_threshold=thresholds[name],
+                                                         drop_without_caption=args.drop_uncaptioned))
+        else:
+            stages.append(filters[name](args.model_dir, **common, score_threshold=thresholds[name]))
+    return stages
+
+
+def _stage_label(stage, index: int) -> str:
+    return f"Stage{index}_{getattr(stage, 'stage_name', None) or type(stage).__name__}"
+
+
+def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_dir: str | None = None,
+                   stages: Sequence = (), reader=None):
+    """The curate job as a Beam pipeline, built but not run: (pipeline, number of input shards it will
+    read: all of them, but on a resumed run those of the partitions an earlier run committed).
+
+    stages: PTransforms applied between reader and writer, after those args.stage names.
+    reader: in place of the ImageReaderStage args describe (prune reads curated output without decoding).
+    Touches no GPU: a Flex Template launcher, which has none, builds the job with this.
+    """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_curator import __version__
+    from beam_curator.output.resume import ResumePlan, plan_resume
+    from beam_curator.transforms.io.stats import WriteRunStats
+
+    # The pipeline first: it hands its options (S3 endpoint, credentials, ...) to Beam's FileSystems,
+    # which the model stages' manifest and the listing of the inputs below already use.
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    all_stages = (build_curation_stages(args) + [load_stage(spec) for spec in (getattr(args, "stage", None) or [])]
+                  + list(stages))
+    _clean_leftovers(args.output)
+    partitioning, image_reader, writer = build_stages(args, progress_dir=progress_dir)
+    reader = reader or image_reader
+    total_shards = sum(len(task.data) for task in partitioning.partitions())
+    resume = ResumePlan()
+    if writer.resume:
+        resume = plan_resume(args.output, partitioning.partitions(), writer.packing_options.naming_options(),
+                             writer.job_options)
+        partitioning.skip(resume.skip)
+    batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling(
+        threshold=args.max_failed_fraction)
+    for index, stage in enumerate(all_stages):
+        batches = batches | _stage_label(stage, index) >> stage  # ImageBatch -> ImageBatch
+    # The writer writes each partition's records (the reader's included) with the partition's commit.
+    written = batches | "ImageWriter" >> writer.with_exception_handling()  # stops on an earlier run's shards
+    _prepare_output(args.output, overwrite=args.overwrite, resume=writer.resume)
+    failures = (read_failures, written.failures) | "AllFailures" >> beam.Flatten()
+    options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command")}
+    options["stages"] = [getattr(stage, "stage_name", None) or stage.label for stage in all_stages]
+    pipeline | "RunStats" >> WriteRunStats(
+        args.output, counts=written.counts, files=written.files, failures=failures, filtered=written.filtered,
+        shards=total_shards, started=time.time(), inputs=args.inputs, options=options, version=__version__,
+        committed=resume.counts(), resumed=resume.summary() if writer.resume else None)
+    runner = _beam_option(beam_args, "runner") or DEFAULT_RUNNER
+    write_owner(writer.temp_dir, runner=runner, local=runner.split(".")[-1] in _IN_PROCESS_RUNNERS)
+    skipped_shards = sum(len(manifest.source_files) for manifest in resume.manifests)
+    return pipeline, total_shards - skipped_shards
+
+
+def _clean_leftovers(output: str) -> None:
+    """Remove what crashed runs left (see beam_curator.output.leftovers); say what is kept and why."""
+    from beam_curator import storage
+
+    for leftover in find_leftovers(output):
+        if leftover.removable:
+            storage.delete_tree([leftover.path])
+            _LOG.warning("removed %s, left by an earlier run that did not finish: %s", leftover.path, leftover.why)
+        else:
+            _LOG.warning("%s was left by another run and is kept, because %s; remove it yourself if no job "
+                         "is writing into %s", leftover.path, leftover.why, output)
+
+
+def _prepare_output(output: str, *, overwrite: bool, resume: bool) -> None:
+    """Record files, manifests and the stats of an earlier run are output too: stop, or with overwrite
+    remove them, and its shards with them (each partition of this run is committed as it completes, so
+    the old output is not whole from the start anyway; and a killed overwrite can then be resumed). A
+    resumed run keeps what plan_resume kept."""
+    from beam_curator import storage
+    from beam_curator.output.manifest import PARTITIONS_DIR
+    from beam_curator.records import RECORD_DIRS
+    from beam_curator.transforms.io.image_writer import existing_shards
+
+    if resume:
+        return
+    old = [path for directory in RECORD_DIRS for path in storage.match_files(storage.join(output, directory, "*.parquet"))]
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{output} already holds {len(old)} record file(s) of an earlier run under {'/, '.join(RECORD_DIRS)}/; "
+            "choose another output directory, pass --overwrite, or finish that run with --resume"
+        )
+    if overwrite:
+        old += storage.match_files(storage.join(output, PARTITIONS_DIR, "*")) + existing_shards(output)
+        old.append(storage.join(output, STATS_FILE))
+    storage.delete_tree(old)
+
+
+def _beam_option(beam_args: Sequence[str], name: str) -> str | None:
+    """The value of Beam option --name in beam_args (`--name=value` or `--name value`), or None."""
+    for index, arg in enumerate(beam_args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and index + 1 < len(beam_args):
+            return beam_args[index + 1]
+    return None
+
+
+def read_stats(output: str) -> RunStats:
+    from beam_curator import storage
+
+    with storage.open_read(storage.join(output, STATS_FILE)) as handle:
+        return RunStats.from_json(handle.read().decode())
+
+
+def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = (), reader=None) -> RunStats | None:
+    """Run the job; its RunStats (as the job wrote them to `_stats.json`), or None with --no-wait."""
+    from beam_curator.jobs.progress import ProgressReporter
+
+    runner = _beam_option(beam_args, "runner")
+    if runner is None:
+        beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
+        runner = DEFAULT_RUNNER
+    show_progress = args.progress if args.progress is not None else runner.split(".")[-1] in _LOCAL_RUNNERS
+    remove_stale_progress_dirs()
+    progress_dir = make_progress_dir() if show_progress else None
+
+    reporter = None
+    worker_processes = _beam_option(beam_args, "direct_running_mode") == "multi_processing"
+    try:
+        pipeline, total_shards = build_pipeline(args, beam_args, progress_dir=progress_dir, stages=stages,
+                                                reader=reader)
+        with worker_chatter_filtered(worker_processes and args.log_level != "debug") as terminal:
+            reporter = ProgressReporter(progress_dir, total_shards, time.monotonic(), terminal) if progress_dir else None
+            if reporter:
+                reporter.start()
+            result = pipeline.run()
+            if not args.wait:
+                return None
+            result.wait_until_finish()
+            if reporter:
+                reporter.stop()  # before the with block closes the stream it writes to
+    finally:
+        if reporter:
+            reporter.stop()
+        if progress_dir:
+            shutil.rmtree(progress_dir, ignore_errors=True)
+    return read_stats(args.output)
+
+
+def curate(inputs: str | Sequence[str], output: str, *, stages: Sequence = (), pipeline_args: Sequence[str] = (),
+           **options: Any) -> RunStats:
+    """Curate shards in Python: the `beam-curator curate` job, with `stages` (ImageBatch -> ImageBatch
+    PTransforms) between reader and writer. options are the command's, with underscores
+    (images_per_tar=500, overwrite=True, ...); pipeline_args are Beam's (["--direct_num_workers=2"]).
+    Returns the run's RunStats; raises ValueError on an unknown option."""
+    import difflib
+
+    from beam_curator.cli import build_parser, curate_parser
+
+    parser = curate_parser(build_parser())
+    args = parser.parse_args([*([inputs] if isinstance(inputs, str) else list(inputs)), "--output", output])
+    known = vars(args)
+    for name, value in options.items():
+        if name in ("inputs", "output", "command") or name not in known:
+            guess = difflib.get_close_matches(name, list(known), n=1)
+            raise ValueError(f"curate() has no option {name!r}" + (f" (did you mean {guess[0]!r}?)" if guess else ""))
+        setattr(args, name, value)
+    args.command = "curate"
+    if options.get("progress") is None:
+        args.progress = False
+    stats = run(args, list(pipeline_args), stages=stages)
+    return stats

@@ -1,0 +1,151 @@
+"""The commit steps of the writer: temporary tar+parquet pairs renamed to their final names.
+
+Every bundle attempt writes its pairs under a directory of its own. commit_shards renames pairs: every
+tar (and index) first, then every parquet, so a parquet present means its tar is complete. Renames go
+in batches on several threads (one request per file is what made a large commit slow on object
+stores), and skip what an earlier try of the same commit already moved, so a commit can be repeated.
+
+With deterministic names the writer commits each input partition as soon as its last tar is written
+(commit_partition): its record files, then its pairs, then its manifest (beam_curator.output.manifest), last
+and atomically. A partition whose manifest exists is complete, and a killed job resumes from there.
+Why a second commit of a partition is harmless (a retried bundle, or a speculative one running beside
+the first): the bytes of every file are a function of the partition's input and the options only (no
+time, no attempt id, no random name), so the second commit renames identical bytes over identical
+bytes under the same names, and rewrites the same manifest. A reader sees the old file or the new one
+(renames are atomic), and they are equal. With random names (deterministic_name=False) the pairs of
+the attempt Beam keeps are renamed by one finalize at the end instead, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from beam_curator import storage
+from beam_curator.output.manifest import PartitionManifest, empty_counts, manifest_path
+from beam_curator.output.packing import WrittenShard, checksum
+from beam_curator.records import FailureRecord, FilterRecord, record_files
+from beam_curator.tasks import StagePerf
+
+__all__ = ["DuplicateOutputError", "PartitionLedger", "PartitionOutput", "commit_partition", "commit_shards",
+           "final_files", "records_digest"]
+
+
+class DuplicateOutputError(RuntimeError):
+    """Two committed outputs share a name: a partition was packed twice."""
+
+
+def final_files(shard: WrittenShard, output_dir: str) -> list[str]:
+    """The final paths of a pair: tar, parquet, and index if written."""
+    files = [storage.join(output_dir, f"{shard.basename}.tar"), storage.join(output_dir, f"{shard.basename}.parquet")]
+    if shard.temp_index:
+        files.append(storage.join(output_dir, f"{shard.basename}.idx"))
+    return files
+
+
+def commit_shards(shards: Sequence[WrittenShard], output_dir: str, *,
+                  already_final: Iterable[WrittenShard] = ()) -> list[WrittenShard]:
+    """Rename the committed pairs to their final names in output_dir; all pairs, sorted by name.
+    already_final: pairs their partition's commit renamed, only checked against the others' names."""
+    already_final = list(already_final)
+    by_name: dict[str, WrittenShard] = {}
+    for shard in [*shards, *already_final]:
+        if shard.basename in by_name:
+            raise DuplicateOutputError(
+                f"two committed outputs are both named {shard.basename}: a partition's batches were packed in two "
+                "places (split between bundles); use ImageWriterStage(mode='keyed') when something between the "
+                "reader and the writer reshuffles or splits batches")
+        by_name[shard.basename] = shard
+    ordered = [by_name[name] for name in sorted(by_name)]
+    final = {id(shard) for shard in already_final}
+    first, last = [], []
+    for shard in ordered:
+        if id(shard) in final:
+            continue
+        tar, parquet, *index = final_files(shard, output_dir)
+        first.append((shard.temp_tar, tar))
+        if index:
+            first.append((shard.temp_index, index[0]))
+        last.append((shard.temp_parquet, parquet))
+    storage.rename_many(first)
+    storage.rename_many(last)  # only once every tar is in place
+    return ordered
+
+
+def records_digest(source_files: Sequence[str]) -> str:
+    """The `{digest}` of a partition's record files: its source files only, so it is the same on every
+    attempt, with random shard names too."""
+    return hashlib.sha256(json.dumps(list(source_files)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class PartitionLedger:
+    """What the commit of one input partition needs, gathered while its batches are packed: its tars,
+    every record of its images (the reader's, the stages', the writer's) and its stages' counts."""
+
+    digest: str  # the `{hash}` of its shard names
+    source_files: tuple[str, ...]
+    shards: list[WrittenShard] = field(default_factory=list)
+    records: list[FailureRecord | FilterRecord] = field(default_factory=list)
+    stages: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add_counts(self, perfs: Iterable[StagePerf]) -> None:
+        """Add the stages' own counts (never their timings: the manifest must not depend on time)."""
+        for perf in perfs:
+            entry = self.stages.setdefault(perf.stage, {})
+            for name, value in perf.counts.items():
+                entry[name] = entry.get(name, 0) + int(value)
+
+    def counts(self) -> dict[str, Any]:
+        counts = empty_counts()
+        counts["stages"] = {stage: dict(sorted(figures.items())) for stage, figures in sorted(self.stages.items())}
+        counts["written"] = sum(shard.num_images for shard in self.shards)
+        counts["tars"] = len(self.shards)
+        for record in self.records:
+            if isinstance(record, FilterRecord):
+                counts["filtered_by_stage"][record.stage] = counts["filtered_by_stage"].get(record.stage, 0) + 1
+                continue
+            counts["failures_by_scope"][record.scope] = counts["failures_by_scope"].get(record.scope, 0) + 1
+            if record.scope == "sample":
+                counts["failed_by_stage"][record.stage] = counts["failed_by_stage"].get(record.stage, 0) + 1
+        return counts
+
+
+@dataclass
+class PartitionOutput:
+    """What the writer emits for each partition it wrote: its digests, its tar+parquet pairs, and
+    whether commit_partition already renamed them (else the single finalize does)."""
+
+    digest: str
+    records_digest: str
+    shards: list[WrittenShard]
+    committed: bool
+
+
+def commit_partition(ledger: PartitionLedger, output_dir: str, *, deterministic: bool,
+                     options: dict[str, Any] | None = None) -> PartitionOutput:
+    """Commit one partition: write its record files (final names, atomically); with deterministic
+    names also rename its pairs and write its manifest, last. See the module for why a repeat is safe."""
+    records_name = records_digest(ledger.source_files)
+    entries = []
+    for relative, data in record_files(ledger.records, records_name):
+        storage.write_atomically(storage.join(output_dir, relative), data)
+        entries.append(_entry(relative, checksum(data)))
+    if not deterministic:
+        return PartitionOutput(ledger.digest, records_name, list(ledger.shards), committed=False)
+    commit_shards(ledger.shards, output_dir)
+    for shard in ledger.shards:
+        for extension, sums in sorted(shard.checksums.items()):
+            entries.append(_entry(f"{shard.basename}.{extension}", sums))
+    manifest = PartitionManifest(partition=ledger.digest, source_files=list(ledger.source_files),
+                                 files=sorted(entries, key=lambda entry: entry["name"]), counts=ledger.counts(),
+                                 options=dict(options or {}))
+    storage.write_atomically(manifest_path(output_dir, ledger.digest), manifest.to_json())
+    return PartitionOutput(ledger.digest, records_name, list(ledger.shards), committed=True)
+
+
+def _entry(name: str, sums: tuple[int, str]) -> dict[str, Any]:
+    return {"name": name, "sha256": sums[1], "size": sums[0]}

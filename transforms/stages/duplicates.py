@@ -1,0 +1,93 @@
+"""Dedup at curate time: the perceptual hash of each image, and removing the ids a dedup run listed.
+
+Finding duplicates needs a global view, so it is a job of its own over the curated parquet
+(`beam-curator dedup`, beam_curator.transforms.find_duplicates); these two stages run inside `curate`:
+
+- ImagePHashStage computes the 64-bit perceptual hash (beam_curator.dedup.algorithms.phash_of_image) from the
+  decoded pixels into the parquet's `phash` column (`curate --phash`);
+- ImageDuplicatesRemovalStage drops the images a removal list names (`curate --remove-duplicates`),
+  each as a FilterRecord of stage `image_dedup_filter`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from apache_beam.utils import shared
+
+from beam_curator.dedup.removal import RemovalList
+from beam_curator.tasks import ImageBatch
+from beam_curator.transforms.stages.kit import CurationStage, Dropped, Failed, StageOutcome
+
+__all__ = ["ImageDuplicatesRemovalStage", "ImagePHashStage"]
+
+_LOG = logging.getLogger(__name__)
+
+
+class ImagePHashStage(CurationStage):
+    """Sets `phash` (int64) on every image from its decoded pixels; an image without pixels fails alone."""
+
+    def __init__(self, *, name: str = "phash"):
+        super().__init__(name=name)
+
+    def process_batch(self, batch: ImageBatch) -> StageOutcome:
+        from beam_curator.dedup.algorithms import phash_of_image
+
+        outcome = StageOutcome(kept=[])
+        for obj in batch.data:
+            try:
+                if obj.image_data is None:
+                    raise ValueError("the image has no decoded pixels (image_data is None)")
+                outcome.kept.append(dataclasses.replace(obj, phash=phash_of_image(obj.image_data)))
+            except Exception as error:  # noqa: BLE001 - the image fails alone
+                outcome.failed.append(Failed(obj, error))
+        return outcome
+
+
+class _RemovalHandle:
+    """A process's removal list (through Shared: one copy for all its threads)."""
+
+    def __init__(self, removal: RemovalList):
+        self.removal = removal
+
+
+class ImageDuplicatesRemovalStage(CurationStage):
+    """Drops the images whose image_id is in `removal_parquets_dir/*.parquet`'s column
+    `duplicate_id_field` (what `beam-curator dedup` writes), as NeMo Curator's stage of that name; each
+    becomes a FilterRecord (stage `image_dedup_filter`). The list is loaded once per worker process,
+    as sorted 64-bit digests (beam_curator.dedup.removal): 10 million ids take 80 MB."""
+
+    def __init__(self, removal_parquets_dir: str, duplicate_id_field: str = "id", verbose: bool = False, *,
+                 name: str = "image_dedup_filter"):
+        super().__init__(name=name)
+        if not isinstance(removal_parquets_dir, str) or not removal_parquets_dir:
+            raise ValueError(f"removal_parquets_dir must be the directory `beam-curator dedup` wrote, "
+                             f"got {removal_parquets_dir!r}")
+        if not isinstance(duplicate_id_field, str) or not duplicate_id_field:
+            raise ValueError(f"duplicate_id_field must be a column name, got {duplicate_id_field!r}")
+        self.removal_parquets_dir = removal_parquets_dir
+        self.duplicate_id_field = duplicate_id_field
+        self.verbose = verbose
+        self._shared = shared.Shared()
+
+    def setup(self) -> None:
+        self._handle = self._shared.acquire(
+            lambda: _RemovalHandle(RemovalList.load(self.removal_parquets_dir, self.duplicate_id_field)),
+            tag=(self.removal_parquets_dir, self.duplicate_id_field))
+
+    def process_batch(self, batch: ImageBatch) -> StageOutcome:
+        started = time.perf_counter()
+        listed = self._handle.removal.contains([obj.image_id for obj in batch.data])
+        outcome = StageOutcome(kept=[obj for obj, remove in zip(batch.data, listed) if not remove])
+        outcome.dropped = [Dropped(obj, reason=f"listed as a duplicate in {self.removal_parquets_dir}")
+                           for obj, remove in zip(batch.data, listed) if remove]
+        if self.verbose:
+            _LOG.info("%s: %d of %d images of %s removed (%.3f s)", self.stage_name, len(outcome.dropped),
+                      batch.num_items, batch.task_id, time.perf_counter() - started)
+        return outcome
+
+    def display_data(self):
+        return {"name": self.stage_name, "removal_parquets_dir": self.removal_parquets_dir,
+                "duplicate_id_field": self.duplicate_id_field}
