@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from beam_curator.errors import job_error
 from beam_curator.formats.decoding import DEFAULT_MAX_IMAGE_PIXELS  # the core modules import no Beam, no DALI
 from beam_curator.formats.webdataset import DEFAULT_MAX_MEMBER_BYTES
 from beam_curator.jobs.curate import ISOLATE_DECODER, SCORES, build_pipeline, build_stages, run
@@ -158,9 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--max-hamming", type=int, default=6, metavar="K", help="perceptual: most differing bits")
     dedup.add_argument("--eps", type=float, default=0.01, metavar="E",
                        help="semantic: cosine similarity >= 1 - E is a duplicate")
-    dedup.add_argument("--n-clusters", type=int, default=100, metavar="N", help="semantic: k-means clusters")
-    dedup.add_argument("--which-to-keep", choices=["hard", "easy", "random"], default="hard",
-                       help="semantic: keep the images farthest from their centroid (hard), nearest (easy) or random")
+    dedup.add_argument("--n-clusters", type=int, default=None, metavar="N",
+                       help="semantic: k-means clusters (default: one per 10,000 images, at least 1; the number "
+                       "used is printed and written to _dedup.json)")
+    dedup.add_argument("--keep", choices=["largest", "smallest-id", "hard", "easy", "random"], default="largest",
+                       help="which copy of a duplicate group stays: largest (most pixels, then larger file, then "
+                       "smaller id) or smallest-id; semantic also: hard (farthest from its centroid), easy (nearest), "
+                       "random")
     dedup.add_argument("--sample-size", type=int, default=100_000, metavar="N",
                        help="semantic: embeddings k-means is fitted on")
     dedup.add_argument("--seed", type=int, default=0, help="semantic: k-means and random ranking seed")
@@ -274,6 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, FileExistsError) as error:
             print(f"beam-curator dedup: error: {error}", file=sys.stderr)
             return 2
+        except Exception as error:
+            found = job_error(error)
+            if found is None:
+                raise
+            print(f"beam-curator dedup: error: {found[1]}", file=sys.stderr)
+            return found[0].exit_status
         print(summary_line(summary))
         return 0
     if args.command == "prune":
@@ -320,12 +331,12 @@ def _run_and_report(args: argparse.Namespace, beam_args: list[str], reader=None)
         print(f"beam-curator: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
-        # Runners that run workers elsewhere re-raise it as a RuntimeError holding its text.
-        if "FailureThresholdExceeded" not in f"{type(error).__name__}: {error}":
+        found = job_error(error)
+        if found is None or found[0].__name__ == "JobFailed":
             raise
-        message = next((line for line in str(error).splitlines() if "samples failed" in line), str(error))
-        print(f"beam-curator: error: {message.split('FailureThresholdExceeded: ')[-1]}", file=sys.stderr)
-        return 4
+        kind, message = found
+        print(f"beam-curator: error: {message}", file=sys.stderr)
+        return kind.exit_status
     if stats is None:
         print("submitted; the summary is not available without --wait")
         return 0
@@ -339,6 +350,11 @@ def _run_and_report(args: argparse.Namespace, beam_args: list[str], reader=None)
         print(stats.resumed_line())
     for line in stats.stage_lines():
         print(line)
+    removal = getattr(args, "remove_duplicates", None)
+    listed = (stats.options.get("checked") or {}).get("image_dedup_filter")
+    if removal and listed is not None:
+        matched = int(stats.stages.get("image_dedup_filter", {}).get("dropped", 0))
+        print(f"removal list {removal}: matched {matched} of {listed} listed id(s)")
     if report:
         print(f"report: {report}")
     print(stats.reconciliation())  # last: the run's verdict

@@ -9,12 +9,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-__all__ = ["FAILURES_DIR", "FAILURE_SCHEMA", "FILTERED_DIR", "FILTER_SCHEMA", "FailureRecord", "FilterRecord",
-           "RECORD_DIRS", "SCOPES", "failures_to_table", "filtered_to_table", "record_files"]
+from beam_curator.output.layout import FAILURES_DIR, FILTERED_DIR, record_file_name
 
-FAILURES_DIR = "_failures"  # DIR/_failures/failures-{digest}.parquet
-FILTERED_DIR = "_filtered"  # DIR/_filtered/filtered-{digest}.parquet
-RECORD_DIRS = (FAILURES_DIR, FILTERED_DIR)
+__all__ = ["FAILURE_SCHEMA", "FILTER_SCHEMA", "FailureRecord", "FilterRecord", "SCOPES", "failures_to_table",
+           "filtered_to_table", "record_files"]
 
 # sample: the sample is not in the output (no image, not decodable, over a limit).
 # companion: one companion member was left out (bad UTF-8 caption, invalid JSON, over the size limit);
@@ -33,6 +31,7 @@ class FailureRecord:
     scope: str  # one of SCOPES
     error_class: str
     message: str
+    image_id: str = ""  # known once the sample is read whole (a stage's or the writer's failure); "" before
 
 
 FAILURE_SCHEMA = pa.schema([(name, pa.string()) for name in FailureRecord.__dataclass_fields__])
@@ -56,11 +55,14 @@ class FilterRecord:
     score: float | None = None  # the score the decision was made on, if any
     threshold: float | None = None  # the bar it was held against, if any
     thumbnail: bytes | None = None  # a small JPEG of the image (beam_curator.formats.thumbnails), for the report
+    kept_id: str | None = None  # a removed duplicate: the image kept in its place
+    method: str | None = None  # a removed duplicate: how it was found (exact, perceptual, semantic)
 
 
 FILTER_SCHEMA = pa.schema(
     [(name, pa.string()) for name in ("image_id", "key", "source", "member", "stage", "reason")]
-    + [("score", pa.float64()), ("threshold", pa.float64()), ("thumbnail", pa.binary())]
+    + [("score", pa.float64()), ("threshold", pa.float64()), ("thumbnail", pa.binary()), ("kept_id", pa.string()),
+       ("method", pa.string())]
 )
 
 
@@ -70,7 +72,7 @@ def filtered_to_table(records: Sequence[FilterRecord]) -> pa.Table:
 
 
 def _failure_order(record: FailureRecord):
-    return record.member, record.key, record.stage, record.scope, record.error_class, record.message
+    return record.member, record.key, record.stage, record.scope, record.error_class, record.message, record.image_id
 
 
 def _filtered_order(record: FilterRecord):
@@ -85,12 +87,12 @@ def record_files(records: Iterable[FailureRecord | FilterRecord], digest: str) -
 
     records = list(records)
     files = []
-    for directory, prefix, kind, order, to_table in (
-            (FAILURES_DIR, "failures", FailureRecord, _failure_order, failures_to_table),
-            (FILTERED_DIR, "filtered", FilterRecord, _filtered_order, filtered_to_table)):
+    for directory, kind, order, to_table in (
+            (FAILURES_DIR, FailureRecord, _failure_order, failures_to_table),
+            (FILTERED_DIR, FilterRecord, _filtered_order, filtered_to_table)):
         chosen = sorted((record for record in records if isinstance(record, kind)), key=order)
         if chosen:
             buffer = io.BytesIO()
             pq.write_table(to_table(chosen), buffer)
-            files.append((f"{directory}/{prefix}-{digest}.parquet", buffer.getvalue()))
+            files.append((record_file_name(directory, digest), buffer.getvalue()))
     return files

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import glob as _glob
+import os
 import posixpath
-import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
@@ -12,8 +12,10 @@ from typing import BinaryIO
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ["create", "delete_tree", "file_sizes", "has_glob", "join", "match_files", "open_read", "rename_if_present",
-           "rename_many", "write_atomically"]
+from beam_curator.output.layout import temporary_name
+
+__all__ = ["create", "delete_tree", "file_sizes", "has_glob", "join", "list_tree", "match_files", "open_read",
+           "rename_if_present", "rename_many", "write_atomically"]
 
 RENAMES_PER_CALL = 100  # one FileSystems.rename call (a batch request on gs://)
 RENAME_THREADS = 16
@@ -49,6 +51,22 @@ def file_sizes(pattern: str) -> dict[str, int]:
     return {metadata.path: metadata.size_in_bytes for metadata in result.metadata_list}
 
 
+def list_tree(directory: str) -> dict[str, int]:
+    """Every file below directory, hidden ones included, with its size: one walk (local) or one
+    listing of the prefix (object stores). Empty when there is no such directory."""
+    if "://" in directory:
+        return file_sizes(join(directory, "**"))
+    sizes = {}
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                sizes[path] = os.path.getsize(path)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+    return sizes
+
+
 def rename_if_present(source: str, destination: str) -> bool:
     """Rename source to destination; False when source is gone (an earlier finalize moved it)."""
     if not FileSystems.exists(source):
@@ -64,7 +82,7 @@ def write_atomically(path: str, data: bytes) -> str:
     per call, so concurrent attempts never share one), then renamed over path. Readers see the old
     file or the new one, never a part. The one way this project writes a small file."""
     directory, name = posixpath.split(path)
-    temporary = join(directory, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+    temporary = join(directory, temporary_name(name))
     with create(temporary) as handle:
         handle.write(data)
     if "://" in path and FileSystems.exists(path):

@@ -14,12 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from beam_curator.records import FailureRecord, FilterRecord
+
 __all__ = [
     "BatchOrigin",
     "DocumentBatch",
     "FileGroupTask",
     "ImageBatch",
     "ImageObject",
+    "PartitionInfo",
     "StagePerf",
     "Task",
 ]
@@ -56,6 +59,31 @@ class BatchOrigin:
     source_files: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class PartitionInfo:
+    """Which input partition a FileGroupTask is: FilePartitioningStage makes these.
+
+    index: the partition's number among the run's partitions (from 0).
+    source_files: its shards, canonical (beam_curator.identity.canonical_path); output names digest them.
+    metadata_files: for each source, the parquet beside it when the source is a shard of a beam_curator
+      output (its rows give the samples' ids and columns, see beam_curator.identity), else None.
+    """
+
+    index: int
+    source_files: tuple[str, ...]
+    metadata_files: tuple[str | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.index, int) or self.index < 0:
+            raise ValueError(f"a partition's index must be an integer >= 0, got {self.index!r}")
+        if not self.source_files or not all(isinstance(path, str) and path for path in self.source_files):
+            raise ValueError(f"a partition needs at least one source file path, got {self.source_files!r}")
+        if not self.metadata_files:
+            object.__setattr__(self, "metadata_files", (None,) * len(self.source_files))
+        if len(self.metadata_files) != len(self.source_files):
+            raise ValueError("metadata_files must have one entry (a parquet path or None) per source file")
+
+
 @dataclass
 class Task:
     """Base of every element that flows between stages."""
@@ -80,9 +108,11 @@ class Task:
 
 @dataclass
 class FileGroupTask(Task):
-    """A group of files: the shards one reader call handles, or the pair of files a writer produced."""
+    """A group of files: the shards one reader call handles (with their `partition`, which the
+    readers require), or the files of one tar a writer committed."""
 
     data: list[str] = field(default_factory=list)
+    partition: PartitionInfo | None = None
 
     def validate(self) -> bool:
         return all(isinstance(path, str) and path for path in self.data)
@@ -116,6 +146,7 @@ class ImageObject:
     # and nsfw_score keep NeMo Curator's attributes.
     scores: dict[str, float] = field(default_factory=dict)
     phash: int | None = None  # 64-bit perceptual hash as int64 (ImagePHashStage, curate --phash)
+    sha256: str | None = None  # hex digest of image_bytes as read (the reader's; the parquet's sha256 column)
     decoded_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -167,10 +198,11 @@ class ImageBatch(Task):
 
     data: list[ImageObject] = field(default_factory=list)
     origin: BatchOrigin | None = None
-    records: list[Any] = field(default_factory=list)
-    read_failures: list[Any] = field(default_factory=list)
+    records: list[FailureRecord | FilterRecord] = field(default_factory=list)
+    read_failures: list[FailureRecord] = field(default_factory=list)
 
-    def with_images(self, objects: list[ImageObject], *, records: list[Any] | None = None) -> ImageBatch:
+    def with_images(self, objects: list[ImageObject], *,
+                    records: list[FailureRecord | FilterRecord] | None = None) -> ImageBatch:
         """A new batch of `objects` with this batch's id, origin, metadata, stage timings and records
         (plus `records`, if given): how a stage replaces, drops or splits images and stays writable."""
         return ImageBatch(

@@ -19,6 +19,7 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
+from beam_curator.output.layout import FAILURES_DIR, FILTERED_DIR
 from beam_curator.output.stats import RunStats
 
 __all__ = ["TWO_WORKERS", "StageContractError", "check_stage_contract"]
@@ -57,9 +58,9 @@ def check_stage_contract(stage, directory: str, *, shards: int = 3, images_per_s
         problems.append(stats.reconciliation())
     expected = Counter(f"{shard:04d}{index:05d}" for shard in range(shards) for index in range(images_per_shard))
     written = [row["original_key"] for row in _rows(os.path.join(output, "*.parquet"), "original_key")]
-    failed = [row["key"] for row in _rows(os.path.join(output, "_failures", "*.parquet"), "key", "scope")
+    failed = [row["key"] for row in _rows(os.path.join(output, FAILURES_DIR, "*.parquet"), "key", "scope")
               if row["scope"] == "sample"]
-    filtered = [row["key"] for row in _rows(os.path.join(output, "_filtered", "*.parquet"), "key")]
+    filtered = [row["key"] for row in _rows(os.path.join(output, FILTERED_DIR, "*.parquet"), "key")]
     found = Counter(written + failed + filtered)
     if found != expected:
         missing, repeated = sorted((expected - found).elements()), sorted((found - expected).elements())

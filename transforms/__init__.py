@@ -8,7 +8,6 @@ from beam_curator.transforms.io.convert import (
 from beam_curator.transforms.io.image_reader import ImageReaderStage, ReadResult
 from beam_curator.transforms.io.image_writer import ImageWriterStage, WriteResult
 from beam_curator.transforms.io.partitioning import FilePartitioningStage
-from beam_curator.transforms.io.records import WriteFailures, WriteRecords
 from beam_curator.transforms.io.stats import WriteRunStats
 from beam_curator.transforms.stages.basic_filters import CaptionFilterStage, ImageSizeFilterStage
 from beam_curator.transforms.stages.duplicates import ImageDuplicatesRemovalStage, ImagePHashStage
@@ -41,8 +40,6 @@ __all__ = [
     "ScoreImages",
     "StageOutcome",
     "WriteDocumentBatchesToParquet",
-    "WriteFailures",
-    "WriteRecords",
     "WriteResult",
     "WriteRunStats",
     "convert_image_batch",

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 __all__ = [
+    "KEEP_POLICIES",
     "PHASH_LOW",
     "PHASH_SIZE",
     "assign",
@@ -58,6 +59,8 @@ __all__ = [
     "hamming",
     "hamming_distances",
     "hash_bands",
+    "default_clusters",
+    "keep_rank",
     "kmeans_cosine",
     "phash_from_gray32",
     "phash_of_image",
@@ -69,7 +72,31 @@ PHASH_SIZE = 32  # side of the image the DCT runs on (imagehash: hash_size * hig
 PHASH_LOW = 8  # side of the low-frequency block that becomes the 64 bits
 _BITS = PHASH_LOW * PHASH_LOW
 _MASK = (1 << 64) - 1
-_WHICH_TO_KEEP = ("hard", "easy", "random")
+_WHICH_TO_KEEP = ("hard", "easy", "random", "largest", "smallest-id")
+# Which copy of a duplicate group stays (dedup --keep). largest: most pixels, then larger file, then
+# smaller id; smallest-id: the smallest id. Semantic dedup also has NeMo Curator's hard, easy, random.
+KEEP_POLICIES = ("largest", "smallest-id")
+
+
+IMAGES_PER_CLUSTER = 10_000  # the default cluster count's target (semantic dedup)
+SAMPLE_PER_CLUSTER = 50  # k-means wants this many sample points per centroid at least
+
+
+def default_clusters(images: int, sample_size: int) -> int:
+    """The default number of k-means clusters for `images` embeddings fitted on a sample of at most
+    sample_size: one per IMAGES_PER_CLUSTER images (rounded up, so small data is one cluster and every
+    pair is compared), at most one per SAMPLE_PER_CLUSTER sample points, and at least 1."""
+    wanted = -(-max(images, 1) // IMAGES_PER_CLUSTER)
+    return max(1, min(wanted, min(images, sample_size) // SAMPLE_PER_CLUSTER))
+
+
+def keep_rank(policy: str, image_id: str, pixels: int | None, file_size: int | None) -> tuple:
+    """The sort key under which the copy a group keeps comes first (see KEEP_POLICIES)."""
+    if policy == "smallest-id":
+        return (image_id,)
+    if policy == "largest":
+        return (-(pixels or 0), -(file_size or 0), image_id)
+    raise ValueError(f"keep policy must be one of {KEEP_POLICIES}, got {policy!r}")
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -373,8 +400,14 @@ def _stable_seed(seed: int, sorted_ids: Sequence[str]) -> int:
     return seed + int.from_bytes(digest, "big")
 
 
-def _rank(x: np.ndarray, sorted_ids: Sequence[str], centroid: np.ndarray, which_to_keep: str, seed: int) -> np.ndarray:
+def _rank(x: np.ndarray, sorted_ids: Sequence[str], centroid: np.ndarray, which_to_keep: str, seed: int,
+          sizes: np.ndarray | None = None) -> np.ndarray:
     """Order in which items are offered for keeping; x and sorted_ids are in id order, so ties go by id."""
+    if which_to_keep == "smallest-id":
+        return np.arange(len(x))
+    if which_to_keep == "largest":  # most pixels, then larger file, then smaller id
+        sizes = np.zeros((len(x), 2), dtype=np.int64) if sizes is None else sizes
+        return np.lexsort((np.arange(len(x)), -sizes[:, 1], -sizes[:, 0]))
     if which_to_keep == "random":
         return np.random.default_rng(_stable_seed(seed, sorted_ids)).permutation(len(x))
     c = np.asarray(centroid, dtype=np.float64).reshape(-1)
@@ -433,10 +466,12 @@ def semdedup_cluster(
     *,
     seed: int = 0,
     block: int = 1024,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> list[tuple[str, str, float]]:
     """(removed_id, kept_id, 1 - cosine) for each item SemDeDup removes from one cluster, sorted by removed_id.
 
-    Items are ranked (which_to_keep: "hard", "easy" or "random") and walked greedily: one is removed when its
+    Items are ranked (which_to_keep: "largest", with sizes = (pixels, file size) per id, or "smallest-id",
+    as KEEP_POLICIES; NeMo Curator's "hard", "easy" or "random") and walked greedily: one is removed when its
     cosine similarity to an earlier kept item is >= 1 - eps; its kept_id is the most similar kept item (ties:
     the earliest ranked). The result does not depend on the input order: items are sorted by id first.
     Memory: two float64 copies of the embeddings (the ranked rows and the kept ones) plus 2 x block**2 floats."""
@@ -454,7 +489,8 @@ def semdedup_cluster(
     by_id = sorted(range(len(ids)), key=ids.__getitem__)
     sorted_ids = [ids[i] for i in by_id]
     x = array[by_id]  # the same rows in the same order whatever the input order: identical floats below
-    order = _rank(x, sorted_ids, centroid, which_to_keep, seed)
+    size_rows = None if sizes is None else np.asarray([sizes[i] for i in by_id], dtype=np.int64).reshape(-1, 2)
+    order = _rank(x, sorted_ids, centroid, which_to_keep, seed, size_rows)
     # Similarities in float64: the last-bit differences between block shapes are then far below any real margin.
     keeper, similarity = _greedy(x[order].astype(np.float64), 1.0 - eps, block)
     removed = [

@@ -28,6 +28,7 @@ import numpy as np
 from beam_curator.formats.image_structure import dali_problem
 
 __all__ = [
+    "stderr_settled",
     "DecodedImages",
     "DecoderBase",
     "DEFAULT_MAX_IMAGE_PIXELS",
@@ -298,6 +299,15 @@ class DaliImageDecoder(DecoderBase):
 
 _STDERR_LOCK = threading.Lock()  # one redirection of fd 2 at a time in this process
 _STDERR_CAPTURE: list = []  # the one temporary file it goes to, made on first use
+
+
+@contextlib.contextmanager
+def stderr_settled():
+    """While held, fd 2 is the process's own stderr and no decoder redirects it: what a thread printed
+    during a redirection has been written back. The CLI holds it to print its last lines and leave
+    (os._exit would otherwise drop text a redirection had captured)."""
+    with _STDERR_LOCK:
+        yield
 
 
 @contextlib.contextmanager

@@ -1,26 +1,35 @@
-"""Sample rules: what the reader makes of each sample of a shard, as plain functions (no Beam).
+"""Sample rules: what the readers make of each sample of a shard, as plain functions (no Beam).
 
 A sample becomes an ImageObject ready to decode, or a FailureRecord saying why it cannot be used;
-each companion that is not valid is left out with a record of its own. is_shard_damage says which
-errors while reading a shard are the shard's own fault (a record) and which must be retried.
+each companion that is not valid is left out with a record of its own. A sample of a raw shard gets
+its id from its provenance (beam_curator.identity); a sample of a beam_curator output keeps the id and
+columns of its parquet row (curated_rows, with_row). is_shard_damage says which errors while reading a
+shard are the shard's own fault (a record) and which must be retried.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import lzma
 import tarfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
+import numpy as np
+
+from beam_curator import storage
 from beam_curator.formats.decoding import ImageDecodeError, probe_size
-from beam_curator.formats.webdataset import RawSample
+from beam_curator.formats.schema import METADATA_SCHEMA
+from beam_curator.formats.webdataset import RawSample, split_member_name
+from beam_curator.identity import image_id
 from beam_curator.records import FailureRecord
 from beam_curator.tasks import ImageObject
 
-__all__ = ["SampleRules", "is_shard_damage"]
+__all__ = ["SampleRules", "curated_rows", "is_shard_damage", "with_row"]
 
 
 _DAMAGE = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, FileNotFoundError,
@@ -86,8 +95,9 @@ class SampleRules:
         return FailureRecord(source=url, member=member, key=key, stage=self.stage, scope=scope,
                              error_class=error_class, message=str(message))
 
-    def to_image(self, url: str, source_id: str, sample: RawSample, seen_keys: dict[str, int]) -> Iterator[ImageObject | FailureRecord]:
-        """The sample's ImageObject ready to decode, or its failure; plus failures of its companions."""
+    def to_image(self, url: str, sample: RawSample, seen_keys: dict[str, int]) -> Iterator[ImageObject | FailureRecord]:
+        """The sample's ImageObject ready to decode, or its failure; plus failures of its companions.
+        url: the shard's canonical path (its samples' ids digest it)."""
         occurrence = seen_keys.get(sample.key, 0)
         seen_keys[sample.key] = occurrence + 1
         extension = sample.image_extension()
@@ -126,13 +136,49 @@ class SampleRules:
                 companions[companion] = sample.members[companion]
             else:
                 yield self.record(url, sample.member_names[companion], sample.key, "companion", *problem)
-        image_id = f"{source_id}/{sample.key}" + (f"~{occurrence}" if occurrence else "")
+        content = hashlib.sha256(image_bytes).hexdigest()
         yield ImageObject(
             image_path=f"{url}#{member}",
-            image_id=image_id,
+            image_id=image_id(url, sample.key, occurrence, content),
             key=sample.key,
             image_bytes=image_bytes,
             image_format=extension,
             companions=companions,
             metadata=_metadata_from_json(companions),
+            sha256=content,
         )
+
+
+def curated_rows(parquet: str) -> dict[str, dict[str, Any]]:
+    """The rows of a beam_curator output's parquet, by their sample's key in the tar beside it.
+    ValueError when the file is not such a parquet."""
+    import pyarrow.parquet as pq
+
+    with storage.open_read(parquet) as handle:
+        table = pq.read_table(handle)
+    missing = [name for name in ("image_id", "key", "original_key", "original_path", "member_name")
+               if name not in table.column_names]
+    if missing:
+        raise ValueError(f"{parquet} is not the metadata of a beam_curator output: it has no {', '.join(missing)} column")
+    return {row["key"]: row for row in table.to_pylist()}
+
+
+def with_row(obj: ImageObject, row: dict[str, Any]) -> ImageObject:
+    """obj (read from a shard of a beam_curator output) with the identity and columns of its parquet
+    row: its id, original key and path, sha256 of the original bytes, metadata, embedding, scores and
+    phash, as the earlier run wrote them."""
+    scores = {name: value for name, value in row.items() if name not in METADATA_SCHEMA.names and value is not None}
+    if row.get("clip_score") is not None:
+        scores["clip_score"] = row["clip_score"]
+    return replace(
+        obj, image_id=row["image_id"], image_path=row["original_path"], key=row["original_key"],
+        metadata=json.loads(row.get("metadata") or "{}"),
+        embedding=None if row.get("embedding") is None else np.asarray(row["embedding"], dtype=np.float32),
+        aesthetic_score=row.get("aesthetic_score"), nsfw_score=row.get("nsfw_score"), scores=scores,
+        phash=row.get("phash"), sha256=row.get("sha256") or obj.sha256,
+        width=row.get("width"), height=row.get("height"))
+
+
+def member_extension(row: dict[str, Any]) -> str:
+    """The image member's extension a parquet row names."""
+    return split_member_name(row["member_name"])[1]

@@ -20,7 +20,7 @@ __all__ = ["METADATA_SCHEMA", "MetadataRow", "check_score_column", "rows_to_tabl
 
 METADATA_SCHEMA = pa.schema(
     [
-        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),  # see beam_curator.identity
         pa.field("key", pa.string(), nullable=False),  # the sample's key in the output tar
         pa.field("original_key", pa.string(), nullable=False),  # its key in the source tar
         pa.field("tar_file", pa.string(), nullable=False),
@@ -81,11 +81,11 @@ class MetadataRow:
             tar_file=tar_file,
             member_name=member_name,
             original_path=obj.image_path,
-            image_format=image_format,
+            image_format=image_format.lower(),  # `JPG` and `jpg` are one format (the member keeps its name)
             file_size=file_size,
             width=width,
             height=height,
-            sha256=None if obj.image_bytes is None else hashlib.sha256(obj.image_bytes).hexdigest(),
+            sha256=obj.sha256 or (None if obj.image_bytes is None else hashlib.sha256(obj.image_bytes).hexdigest()),
             phash=obj.phash,
             aesthetic_score=None if obj.aesthetic_score is None else float(obj.aesthetic_score),
             nsfw_score=None if obj.nsfw_score is None else float(obj.nsfw_score),

@@ -18,7 +18,7 @@ from typing import Any
 
 from beam_curator.jobs.worker_output import worker_chatter_filtered
 from beam_curator.output.leftovers import find_leftovers, make_progress_dir, remove_stale_progress_dirs, write_owner
-from beam_curator.output.stats import STATS_FILE, RunStats
+from beam_curator.output.stats import RunStats
 
 __all__ = ["DEFAULT_RUNNER", "SCORES", "build_curation_stages", "build_model_stages", "build_pipeline", "build_stages",
            "curate", "load_stage", "run"]
@@ -85,6 +85,7 @@ def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
         args.inputs,
         files_per_partition=args.files_per_partition,
         file_extensions=[ext.strip() for ext in args.file_extensions.split(",") if ext.strip()],
+        exclude=[args.output],
     )
     reader = ImageReaderStage(
         dali_batch_size=args.dali_batch_size,
@@ -180,7 +181,10 @@ def _stage_label(stage, index: int) -> str:
 def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_dir: str | None = None,
                    stages: Sequence = (), reader=None):
     """The curate job as a Beam pipeline, built but not run: (pipeline, number of input shards it will
-    read: all of them, but on a resumed run those of the partitions an earlier run committed).
+    read: all of them, but on a resumed run those of the partitions an earlier run committed). It
+    reads (the inputs' listing, the output directory, a resumed run's manifests) and writes nothing:
+    the writer's first step gets the output ready when the job runs (beam_curator.output.directory).
+    ValueError, FileNotFoundError or FileExistsError when the job cannot run as asked.
 
     stages: PTransforms applied between reader and writer, after those args.stage names.
     reader: in place of the ImageReaderStage args describe (prune reads curated output without decoding).
@@ -190,6 +194,7 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_curator import __version__
+    from beam_curator.output import directory
     from beam_curator.output.resume import ResumePlan, plan_resume
     from beam_curator.transforms.io.stats import WriteRunStats
 
@@ -198,33 +203,37 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     all_stages = (build_curation_stages(args) + [load_stage(spec) for spec in (getattr(args, "stage", None) or [])]
                   + list(stages))
-    _clean_leftovers(args.output)
     partitioning, image_reader, writer = build_stages(args, progress_dir=progress_dir)
     reader = reader or image_reader
+    state = directory.inspect(args.output)
+    directory.check(state, writer.output_mode)
     total_shards = sum(len(task.data) for task in partitioning.partitions())
     resume = ResumePlan()
     if writer.resume:
-        resume = plan_resume(args.output, partitioning.partitions(), writer.packing_options.naming_options(),
+        resume = plan_resume(state, partitioning.partitions(), writer.packing_options.naming_options(),
                              writer.job_options)
         partitioning.skip(resume.skip)
-    batches, read_failures = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader.with_exception_handling(
-        threshold=args.max_failed_fraction)
+    checked = {}
+    for stage in all_stages:
+        check = getattr(stage, "check_input", None)
+        if check is not None:  # a stage that can tell before the run whether it will do anything
+            checked[getattr(stage, "stage_name", stage.label)] = check(partitioning.partitions())
+    batches = (pipeline | "FilePartitioning" >> partitioning
+               | "ImageReader" >> reader.with_exception_handling(threshold=args.max_failed_fraction)).batches
     for index, stage in enumerate(all_stages):
         batches = batches | _stage_label(stage, index) >> stage  # ImageBatch -> ImageBatch
     # The writer writes each partition's records (the reader's included) with the partition's commit.
-    written = batches | "ImageWriter" >> writer.with_exception_handling()  # stops on an earlier run's shards
-    _prepare_output(args.output, overwrite=args.overwrite, resume=writer.resume)
-    failures = (read_failures, written.failures) | "AllFailures" >> beam.Flatten()
+    written = batches | "ImageWriter" >> writer
     options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command")}
     options["stages"] = [getattr(stage, "stage_name", None) or stage.label for stage in all_stages]
+    if checked:
+        options["checked"] = checked  # e.g. how many ids a removal list holds (the CLI says how many matched)
     pipeline | "RunStats" >> WriteRunStats(
-        args.output, counts=written.counts, files=written.files, failures=failures, filtered=written.filtered,
-        shards=total_shards, started=time.time(), inputs=args.inputs, options=options, version=__version__,
-        committed=resume.counts(), resumed=resume.summary() if writer.resume else None)
-    runner = _beam_option(beam_args, "runner") or DEFAULT_RUNNER
-    write_owner(writer.temp_dir, runner=runner, local=runner.split(".")[-1] in _IN_PROCESS_RUNNERS)
+        args.output, partitions=written.partitions, after=[written.files], shards=total_shards, started=time.time(),
+        inputs=args.inputs, options=options, version=__version__, committed=resume.counts(),
+        resumed=resume.summary() if writer.resume else None)
     skipped_shards = sum(len(manifest.source_files) for manifest in resume.manifests)
-    return pipeline, total_shards - skipped_shards
+    return pipeline, total_shards - skipped_shards, writer
 
 
 def _clean_leftovers(output: str) -> None:
@@ -240,30 +249,6 @@ def _clean_leftovers(output: str) -> None:
                          "is writing into %s", leftover.path, leftover.why, output)
 
 
-def _prepare_output(output: str, *, overwrite: bool, resume: bool) -> None:
-    """Record files, manifests and the stats of an earlier run are output too: stop, or with overwrite
-    remove them, and its shards with them (each partition of this run is committed as it completes, so
-    the old output is not whole from the start anyway; and a killed overwrite can then be resumed). A
-    resumed run keeps what plan_resume kept."""
-    from beam_curator import storage
-    from beam_curator.output.manifest import PARTITIONS_DIR
-    from beam_curator.records import RECORD_DIRS
-    from beam_curator.transforms.io.image_writer import existing_shards
-
-    if resume:
-        return
-    old = [path for directory in RECORD_DIRS for path in storage.match_files(storage.join(output, directory, "*.parquet"))]
-    if old and not overwrite:
-        raise FileExistsError(
-            f"{output} already holds {len(old)} record file(s) of an earlier run under {'/, '.join(RECORD_DIRS)}/; "
-            "choose another output directory, pass --overwrite, or finish that run with --resume"
-        )
-    if overwrite:
-        old += storage.match_files(storage.join(output, PARTITIONS_DIR, "*")) + existing_shards(output)
-        old.append(storage.join(output, STATS_FILE))
-    storage.delete_tree(old)
-
-
 def _beam_option(beam_args: Sequence[str], name: str) -> str | None:
     """The value of Beam option --name in beam_args (`--name=value` or `--name value`), or None."""
     for index, arg in enumerate(beam_args):
@@ -274,11 +259,6 @@ def _beam_option(beam_args: Sequence[str], name: str) -> str | None:
     return None
 
 
-def read_stats(output: str) -> RunStats:
-    from beam_curator import storage
-
-    with storage.open_read(storage.join(output, STATS_FILE)) as handle:
-        return RunStats.from_json(handle.read().decode())
 
 
 def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = (), reader=None) -> RunStats | None:
@@ -296,8 +276,10 @@ def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()
     reporter = None
     worker_processes = _beam_option(beam_args, "direct_running_mode") == "multi_processing"
     try:
-        pipeline, total_shards = build_pipeline(args, beam_args, progress_dir=progress_dir, stages=stages,
-                                                reader=reader)
+        pipeline, total_shards, writer = build_pipeline(args, beam_args, progress_dir=progress_dir, stages=stages,
+                                                        reader=reader)
+        _clean_leftovers(args.output)  # after the pipeline: its options configure FileSystems (credentials)
+        write_owner(writer.temp_dir, runner=runner, local=runner.split(".")[-1] in _IN_PROCESS_RUNNERS)
         with worker_chatter_filtered(worker_processes and args.log_level != "debug") as terminal:
             reporter = ProgressReporter(progress_dir, total_shards, time.monotonic(), terminal) if progress_dir else None
             if reporter:
@@ -313,6 +295,8 @@ def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()
             reporter.stop()
         if progress_dir:
             shutil.rmtree(progress_dir, ignore_errors=True)
+    from beam_curator.output.directory import read_stats
+
     return read_stats(args.output)
 
 

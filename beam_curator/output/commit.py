@@ -18,20 +18,20 @@ the attempt Beam keeps are renamed by one finalize at the end instead, as before
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from beam_curator import storage
-from beam_curator.output.manifest import PartitionManifest, empty_counts, manifest_path
+from beam_curator.output.layout import records_digest
+from beam_curator.output.manifest import PartitionManifest, manifest_path
 from beam_curator.output.packing import WrittenShard, checksum
+from beam_curator.output.stats import Counts, Timings
 from beam_curator.records import FailureRecord, FilterRecord, record_files
 from beam_curator.tasks import StagePerf
 
 __all__ = ["DuplicateOutputError", "PartitionLedger", "PartitionOutput", "commit_partition", "commit_shards",
-           "final_files", "records_digest"]
+           "final_files"]
 
 
 class DuplicateOutputError(RuntimeError):
@@ -75,12 +75,6 @@ def commit_shards(shards: Sequence[WrittenShard], output_dir: str, *,
     return ordered
 
 
-def records_digest(source_files: Sequence[str]) -> str:
-    """The `{digest}` of a partition's record files: its source files only, so it is the same on every
-    attempt, with random shard names too."""
-    return hashlib.sha256(json.dumps(list(source_files)).encode()).hexdigest()[:16]
-
-
 @dataclass
 class PartitionLedger:
     """What the commit of one input partition needs, gathered while its batches are packed: its tars,
@@ -90,39 +84,31 @@ class PartitionLedger:
     source_files: tuple[str, ...]
     shards: list[WrittenShard] = field(default_factory=list)
     records: list[FailureRecord | FilterRecord] = field(default_factory=list)
-    stages: dict[str, dict[str, int]] = field(default_factory=dict)
+    perfs: list[StagePerf] = field(default_factory=list)
 
-    def add_counts(self, perfs: Iterable[StagePerf]) -> None:
-        """Add the stages' own counts (never their timings: the manifest must not depend on time)."""
-        for perf in perfs:
-            entry = self.stages.setdefault(perf.stage, {})
-            for name, value in perf.counts.items():
-                entry[name] = entry.get(name, 0) + int(value)
+    def add_perfs(self, perfs: Iterable[StagePerf]) -> None:
+        self.perfs.extend(perfs)
 
-    def counts(self) -> dict[str, Any]:
-        counts = empty_counts()
-        counts["stages"] = {stage: dict(sorted(figures.items())) for stage, figures in sorted(self.stages.items())}
-        counts["written"] = sum(shard.num_images for shard in self.shards)
-        counts["tars"] = len(self.shards)
-        for record in self.records:
-            if isinstance(record, FilterRecord):
-                counts["filtered_by_stage"][record.stage] = counts["filtered_by_stage"].get(record.stage, 0) + 1
-                continue
-            counts["failures_by_scope"][record.scope] = counts["failures_by_scope"].get(record.scope, 0) + 1
-            if record.scope == "sample":
-                counts["failed_by_stage"][record.stage] = counts["failed_by_stage"].get(record.stage, 0) + 1
+    def counts(self) -> Counts:
+        counts = Counts()
+        counts.add_perfs(self.perfs)
+        counts.add_records(self.records)
+        counts.add_written(sum(shard.num_images for shard in self.shards), len(self.shards))
         return counts
 
 
 @dataclass
 class PartitionOutput:
-    """What the writer emits for each partition it wrote: its digests, its tar+parquet pairs, and
-    whether commit_partition already renamed them (else the single finalize does)."""
+    """What the writer emits for each partition it wrote: its digests, its tar+parquet pairs, whether
+    commit_partition already renamed them (else the single finalize does), and its counts and stage
+    timings (what the run's `_stats.json` sums)."""
 
     digest: str
     records_digest: str
     shards: list[WrittenShard]
     committed: bool
+    counts: Counts = field(default_factory=Counts)
+    timings: Timings = field(default_factory=Timings)
 
 
 def commit_partition(ledger: PartitionLedger, output_dir: str, *, deterministic: bool,
@@ -134,17 +120,18 @@ def commit_partition(ledger: PartitionLedger, output_dir: str, *, deterministic:
     for relative, data in record_files(ledger.records, records_name):
         storage.write_atomically(storage.join(output_dir, relative), data)
         entries.append(_entry(relative, checksum(data)))
+    counts, timings = ledger.counts(), Timings().add_perfs(ledger.perfs)
     if not deterministic:
-        return PartitionOutput(ledger.digest, records_name, list(ledger.shards), committed=False)
+        return PartitionOutput(ledger.digest, records_name, list(ledger.shards), False, counts, timings)
     commit_shards(ledger.shards, output_dir)
     for shard in ledger.shards:
         for extension, sums in sorted(shard.checksums.items()):
             entries.append(_entry(f"{shard.basename}.{extension}", sums))
     manifest = PartitionManifest(partition=ledger.digest, source_files=list(ledger.source_files),
-                                 files=sorted(entries, key=lambda entry: entry["name"]), counts=ledger.counts(),
+                                 files=sorted(entries, key=lambda entry: entry["name"]), counts=counts.to_dict(),
                                  options=dict(options or {}))
     storage.write_atomically(manifest_path(output_dir, ledger.digest), manifest.to_json())
-    return PartitionOutput(ledger.digest, records_name, list(ledger.shards), committed=True)
+    return PartitionOutput(ledger.digest, records_name, list(ledger.shards), True, counts, timings)
 
 
 def _entry(name: str, sums: tuple[int, str]) -> dict[str, Any]:

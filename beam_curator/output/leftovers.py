@@ -1,7 +1,7 @@
 """What a crashed run leaves behind, and when it is safe to remove.
 
-A `curate` run writes its tars under `{output}/.beam_curator-temp-{uuid}/` and renames them at the end;
-a run killed before that leaves the folder behind. The CLI writes `_owner.json` into the folder of
+A `curate` run writes its tars under `{output}/.beam_curator-temp-{uuid}/` and renames each partition's
+into place as the partition completes; a run killed before its end leaves the folder behind. The CLI writes `_owner.json` into the folder of
 each run it starts (host, process id, runner). A later run into the same output removes a leftover
 folder only when it can tell that no job owns it any more: its owner ran on a local runner (the job
 lived inside the CLI's process) on this host, and that process is gone. A folder whose owner was a
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 __all__ = ["Leftover", "find_leftovers", "make_progress_dir", "remove_stale_progress_dirs", "write_owner"]
 
+from beam_curator.output.layout import OWNER_FILE, TEMP_DIR_PREFIX
+
 _LOG = logging.getLogger(__name__)
-OWNER_FILE = "_owner.json"
-TEMP_DIR_PREFIX = ".beam_curator-temp-"  # the writer's (transforms/io/image_writer.py)
 _PROGRESS_PREFIX = "beam_curator-progress-"
 
 

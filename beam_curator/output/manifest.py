@@ -10,39 +10,18 @@ or repeated commit writes the same bytes. No Beam here.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from beam_curator import storage
+from beam_curator.output.layout import PARTITIONS_DIR, manifest_name
+from beam_curator.output.stats import Counts
 
-__all__ = ["PARTITIONS_DIR", "PartitionManifest", "empty_counts", "manifest_path", "merge_counts", "read_manifests"]
+__all__ = ["PartitionManifest", "manifest_path", "read_manifests"]
 
-PARTITIONS_DIR = "_partitions"
 _READ_THREADS = 16
-
-
-def empty_counts() -> dict[str, Any]:
-    """What a partition's counts hold (and what merge_counts adds up)."""
-    return {"stages": {}, "written": 0, "tars": 0, "failures_by_scope": {}, "failed_by_stage": {},
-            "filtered_by_stage": {}}
-
-
-def _add(into: dict, other: Mapping) -> None:
-    for name, value in other.items():
-        if isinstance(value, Mapping):
-            _add(into.setdefault(name, {}), value)
-        else:
-            into[name] = into.get(name, 0) + value
-
-
-def merge_counts(counts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The sum of partitions' counts, figure by figure."""
-    total = empty_counts()
-    for one in counts:
-        _add(total, one)
-    return total
 
 
 @dataclass
@@ -52,15 +31,15 @@ class PartitionManifest:
     partition: the `{hash}` in its shard names (a digest of its source files and the writer options).
     source_files: the input shards it was read from.
     files: {"name": path relative to the output directory, "size": bytes, "sha256": hex}, sorted by name.
-    counts: see empty_counts(); `stages` holds each stage's own integer counts (samples_read, decoded,
-      kept, dropped, ...), without timings.
+    counts: the partition's Counts (beam_curator.output.stats) as a dict: each stage's own integer
+      counts (samples_read, images_decoded, kept, dropped, ...), without timings, and its totals.
     options: what the job recorded of its options (curate --resume refuses other options).
     """
 
     partition: str
     source_files: list[str]
     files: list[dict[str, Any]] = field(default_factory=list)
-    counts: dict[str, Any] = field(default_factory=empty_counts)
+    counts: dict[str, Any] = field(default_factory=lambda: Counts().to_dict())
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
@@ -74,9 +53,22 @@ class PartitionManifest:
     def file_sizes(self) -> dict[str, int]:
         return {entry["name"]: int(entry["size"]) for entry in self.files}
 
+    def complete_in(self, output_dir: str, sizes: Mapping[str, int]) -> list[str]:
+        """The files it lists that are missing from sizes (one listing of output_dir: path -> size) or
+        of another size; empty when the partition is whole."""
+        wanted = {storage.join(output_dir, name): size for name, size in self.file_sizes().items()}
+        return [path for path, size in wanted.items() if sizes.get(path) != size]
+
+    def paths(self, output_dir: str) -> list[str]:
+        """The manifest's own path and those of the files it lists."""
+        return [manifest_path(output_dir, self.partition)] + [storage.join(output_dir, name) for name in self.file_sizes()]
+
+    def typed_counts(self) -> Counts:
+        return Counts.from_dict(self.counts)
+
 
 def manifest_path(output_dir: str, partition: str) -> str:
-    return storage.join(output_dir, PARTITIONS_DIR, f"{partition}.json")
+    return storage.join(output_dir, manifest_name(partition))
 
 
 def read_manifests(output_dir: str) -> list[PartitionManifest]:

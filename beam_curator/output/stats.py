@@ -1,9 +1,15 @@
-"""What a curate run did, counted as data: the per-stage tallies that travel with the batches, and
-the RunStats the job writes to `DIR/_stats.json` as its last step.
+"""What a run did, counted as data, in one vocabulary: the Counts of each partition (which its manifest
+records and the writer emits with its commit), their sum, and the RunStats the job writes to
+`DIR/_stats.json` from that sum as its last step.
 
 Every sample read ends up written, failed or filtered, and each term is counted directly: samples
 read by the reader's own count, written from the committed tars, failed and filtered from the records
 themselves. An image lost without a record therefore shows as a mismatch, never as "filtered".
+
+The names are the same everywhere: a stage's own counts (the reader's `samples_read`, `shards_read`,
+`images_decoded`, `images_decoded_by_pillow`, `{scope}s_failed`; a curation stage's `in`, `kept`,
+`dropped`, `failed`; the writer's `in`, `written`, `failed`) are the names of its Beam metrics too, and
+the run's totals are RunStats' fields.
 """
 
 from __future__ import annotations
@@ -13,36 +19,99 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from beam_curator.output.layout import STATS_FILE
+from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.tasks import StagePerf
 
-__all__ = ["STATS_FILE", "RunStats", "merge_tallies", "tally"]
+__all__ = ["STATS_FILE", "Counts", "RunStats", "Timings"]
 
-STATS_FILE = "_stats.json"
-# Figures only the reader counts (see ImageReaderStage); summed over the stages that report them.
-# (Its failures are counted from the failure records instead.)
-READER_COUNTS = ("samples_read", "decoded", "shards_read", "decoded_by_pillow")
+# Figures only the readers count; summed over the stages that report them.
+READER_COUNTS = ("samples_read", "images_decoded", "shards_read", "images_decoded_by_pillow")
 
 
-def tally(perfs: Iterable[StagePerf], into: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
-    """Sum StagePerf entries per stage: {stage: {"seconds": s, "batches": n, count: value, ...}}."""
-    result = into if into is not None else {}
-    for perf in perfs:
-        entry = result.setdefault(perf.stage, {})
-        entry["seconds"] = entry.get("seconds", 0.0) + perf.seconds
-        entry["batches"] = entry.get("batches", 0) + 1
-        for name, value in perf.counts.items():
-            entry[name] = entry.get(name, 0) + value
-    return result
+def _add_into(into: dict, other: Mapping) -> None:
+    for name, value in other.items():
+        if isinstance(value, Mapping):
+            _add_into(into.setdefault(name, {}), value)
+        else:
+            into[name] = into.get(name, 0) + value
 
 
-def merge_tallies(tallies: Iterable[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
-    merged: dict[str, dict[str, float]] = {}
-    for one in tallies:
-        for stage, figures in one.items():
-            entry = merged.setdefault(stage, {})
-            for name, value in figures.items():
-                entry[name] = entry.get(name, 0) + value
-    return merged
+def _sorted(values: Mapping) -> dict:
+    return {name: _sorted(value) if isinstance(value, Mapping) else value for name, value in sorted(values.items())}
+
+
+@dataclass
+class Counts:
+    """A partition's counts, or the sum of several: the one reduction of the run's figures.
+
+    stages: each stage's own integer counts (see the module), without timings.
+    images_written, tars_written: in the partition's committed tars.
+    failed_by_scope: failure records by scope (sample, companion, member, shard).
+    failed_by_stage: sample failure records by the stage that failed them.
+    filtered_by_stage: filter records by the stage that dropped them.
+    """
+
+    stages: dict[str, dict[str, int]] = field(default_factory=dict)
+    images_written: int = 0
+    tars_written: int = 0
+    failed_by_scope: dict[str, int] = field(default_factory=dict)
+    failed_by_stage: dict[str, int] = field(default_factory=dict)
+    filtered_by_stage: dict[str, int] = field(default_factory=dict)
+
+    def add_perfs(self, perfs: Iterable[StagePerf]) -> None:
+        """Add the stages' own counts (never their timings: a manifest must not depend on time)."""
+        for perf in perfs:
+            _add_into(self.stages.setdefault(perf.stage, {}), {name: int(value) for name, value in perf.counts.items()})
+
+    def add_records(self, records: Iterable[FailureRecord | FilterRecord]) -> None:
+        for record in records:
+            if isinstance(record, FilterRecord):
+                _add_into(self.filtered_by_stage, {record.stage: 1})
+                continue
+            _add_into(self.failed_by_scope, {record.scope: 1})
+            if record.scope == "sample":
+                _add_into(self.failed_by_stage, {record.stage: 1})
+
+    def add_written(self, images: int, tars: int) -> None:
+        self.images_written += int(images)
+        self.tars_written += int(tars)
+
+    def add(self, other: Counts) -> Counts:
+        """This plus other, figure by figure (in place; returns self)."""
+        merged = self.to_dict()
+        _add_into(merged, other.to_dict())
+        self.__dict__.update(Counts.from_dict(merged).__dict__)
+        return self
+
+    @classmethod
+    def total(cls, parts: Iterable[Counts]) -> Counts:
+        result = cls()
+        for part in parts:
+            result.add(part)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return _sorted(asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Counts:
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__ if name in values})
+
+
+class Timings(dict):
+    """Per stage: {"seconds": wall seconds, "batches": batches} (what _stats.json adds to the counts)."""
+
+    def add_perfs(self, perfs: Iterable[StagePerf]) -> Timings:
+        for perf in perfs:
+            entry = self.setdefault(perf.stage, {"seconds": 0.0, "batches": 0})
+            entry["seconds"] += perf.seconds
+            entry["batches"] += 1
+        return self
+
+    def add(self, other: Mapping[str, Mapping[str, float]]) -> Timings:
+        _add_into(self, other)
+        return self
 
 
 @dataclass
@@ -124,32 +193,34 @@ class RunStats:
         return cls(**{name: value for name, value in values.items() if name in known})
 
     @classmethod
-    def from_counts(cls, *, stages: Mapping[str, Mapping[str, float]], written: int, tars: int,
-                    failures_by_scope: Mapping[str, int], failed_by_stage: Mapping[str, int],
-                    filtered_by_stage: Mapping[str, int], shards: int, seconds: float, **about: Any) -> RunStats:
-        """The run's figures from what the job counted: the stages' tallies, the committed tars, and the
-        numbers of failure and filter records."""
+    def from_counts(cls, counts: Counts, *, timings: Mapping[str, Mapping[str, float]], shards: int, seconds: float,
+                    **about: Any) -> RunStats:
+        """The run's figures from the sum of its partitions' Counts and its stages' timings."""
+        stages = counts.stages
         reader = {name: int(sum(figures.get(name, 0) for figures in stages.values())) for name in READER_COUNTS}
+        scopes = counts.failed_by_scope
+        written_now = counts.images_written - about.get("resumed", {}).get("images_written", 0)
+        figures = {stage: {**dict(timings.get(stage, {})), **stages.get(stage, {})}
+                   for stage in sorted(set(stages) | set(timings))}
         return cls(
             shards=shards,
             shards_read=reader["shards_read"],
-            shards_failed=int(failures_by_scope.get("shard", 0)),
+            shards_failed=int(scopes.get("shard", 0)),
             samples_read=reader["samples_read"],
-            images_decoded=reader["decoded"],
-            images_failed=int(failures_by_scope.get("sample", 0)),
-            images_filtered=int(sum(filtered_by_stage.values())),
-            images_written=written,
-            companions_failed=int(failures_by_scope.get("companion", 0)),
-            members_failed=int(failures_by_scope.get("member", 0)),
-            tars_written=tars,
+            images_decoded=reader["images_decoded"],
+            images_failed=int(scopes.get("sample", 0)),
+            images_filtered=int(sum(counts.filtered_by_stage.values())),
+            images_written=counts.images_written,
+            companions_failed=int(scopes.get("companion", 0)),
+            members_failed=int(scopes.get("member", 0)),
+            tars_written=counts.tars_written,
             seconds=round(seconds, 3),
             # this run's own images (a resumed run's figures also hold what it skipped)
-            images_per_second=round((written - about.get("resumed", {}).get("images_written", 0)) / seconds, 2)
-            if seconds > 0 else 0.0,
-            images_decoded_by_pillow=reader["decoded_by_pillow"],
-            stages={stage: {name: round(value, 3) if name == "seconds" else int(value) for name, value in figures.items()}
-                    for stage, figures in sorted(stages.items())},
-            filtered_by_stage=dict(sorted(filtered_by_stage.items())),
-            failed_by_stage=dict(sorted(failed_by_stage.items())),
+            images_per_second=round(written_now / seconds, 2) if seconds > 0 else 0.0,
+            images_decoded_by_pillow=reader["images_decoded_by_pillow"],
+            stages={stage: {name: round(value, 3) if name == "seconds" else int(value) for name, value in values.items()}
+                    for stage, values in figures.items()},
+            filtered_by_stage=dict(sorted(counts.filtered_by_stage.items())),
+            failed_by_stage=dict(sorted(counts.failed_by_stage.items())),
             **about,
         )

@@ -21,13 +21,13 @@ import numpy as np
 
 from beam_curator import storage
 from beam_curator.formats.thumbnails import thumbnail_from_bytes
-from beam_curator.output.stats import STATS_FILE, RunStats
+from beam_curator.output.layout import DEDUP_SUMMARY_FILE, FAILURES_DIR, FILTERED_DIR, REPORT_DIR, STATS_FILE
+from beam_curator.output.stats import RunStats
 from beam_curator.report.histogram_svg import histogram_svg
 
 __all__ = ["REPORT_DIR", "write_report"]
 
 _LOG = logging.getLogger(__name__)
-REPORT_DIR = "_report"
 SHEET_SIZE = 48
 SAMPLE_TARS = 4
 FAILURES_SHOWN = 200
@@ -140,15 +140,27 @@ def _thumbnails_of_written(output: str, image_ids: set[str]) -> dict[str, bytes]
     return {image_id: data for image_id, data in thumbnails.items() if data}
 
 
+def _keep_policy(removal_dir: str | None) -> str | None:
+    """The policy that chose which copies stayed (the dedup run's `keep`), from its `_dedup.json`."""
+    if not removal_dir:
+        return None
+    try:
+        with storage.open_read(storage.join(removal_dir, DEDUP_SUMMARY_FILE)) as handle:
+            return json.loads(handle.read()).get("keep")
+    except Exception:  # noqa: BLE001 - an older list, or one written by hand: the sheet goes without it
+        return None
+
+
+_POLICIES = {"largest": "the copy with the most pixels (then the larger file, then the smaller id) stays",
+             "smallest-id": "the copy with the smallest id stays",
+             "hard": "the copy farthest from its cluster's centroid stays", "easy": "the copy nearest it stays",
+             "random": "a random copy stays"}
+
+
 def _duplicate_sheet(output: str, rows: list[dict], removal_dir: str | None, sheet_size: int) -> dict:
-    """Each removed duplicate beside the image it duplicates (the kept one, from the removal list)."""
+    """Each removed duplicate beside the image kept in its place (its record's kept_id)."""
     rows = [row for row in rows if row["thumbnail"]][: sheet_size // 2]
-    kept_of: dict[str, str] = {}
-    if removal_dir:
-        wanted = {row["image_id"] for row in rows}
-        for removal in _read_parquet(storage.join(removal_dir, "*.parquet"), ["id", "kept_id"]):
-            if removal["id"] in wanted:
-                kept_of[removal["id"]] = removal["kept_id"]
+    kept_of = {row["image_id"]: row.get("kept_id") for row in rows if row.get("kept_id")}
     kept = _thumbnails_of_written(output, set(kept_of.values())) if kept_of else {}
     images = []
     for row in rows:
@@ -156,8 +168,10 @@ def _duplicate_sheet(output: str, rows: list[dict], removal_dir: str | None, she
         kept_id = kept_of.get(row["image_id"])
         if kept_id in kept:
             images.append(_image(kept[kept_id], "kept", f"{kept_id}, which {row['image_id']} duplicates"))
-    return {"name": DEDUP_STAGE, "title": f"{DEDUP_STAGE}: removed duplicates, each beside the image it duplicates",
-            "images": images}
+    policy = _keep_policy(removal_dir)
+    kept_by = f" (kept by policy {policy}: {_POLICIES.get(policy, policy)})" if policy else ""
+    return {"name": DEDUP_STAGE, "title": f"{DEDUP_STAGE}: removed duplicates, each beside the image kept in its "
+                                          f"place{kept_by}", "images": images}
 
 
 def _record_sheet(rows: list[dict], title: str, name: str) -> dict:
@@ -192,8 +206,8 @@ def write_report(output: str, *, sheet_size: int = SHEET_SIZE, seed: int = 0) ->
 
     with storage.open_read(storage.join(output, STATS_FILE)) as handle:
         stats = RunStats.from_json(handle.read().decode())
-    filtered = _read_parquet(storage.join(output, "_filtered", "*.parquet"))
-    failures = _read_parquet(storage.join(output, "_failures", "*.parquet"))
+    filtered = _read_parquet(storage.join(output, FILTERED_DIR, "*.parquet"))
+    failures = _read_parquet(storage.join(output, FAILURES_DIR, "*.parquet"))
     sample_failures = [row for row in failures if row["scope"] == "sample"]
     stats_dict: dict[str, Any] = json.loads(stats.to_json())
     environment = Environment(loader=PackageLoader("beam_curator.report", "templates"), autoescape=select_autoescape())

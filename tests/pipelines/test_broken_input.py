@@ -14,14 +14,23 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.pvalue import TaggedOutput
-from apache_beam.utils import shared
 from PIL import Image
 
 from beam_curator.records import FailureRecord
-from beam_curator.tasks import FileGroupTask, ImageBatch
+from beam_curator.tasks import ImageBatch
 from beam_curator.transforms import ImageReaderStage
-from beam_curator.transforms.io.image_reader import _ReadImagesFn
-from tests.support.helpers import Sample, add_sample, curate, encode, make_image, run_in_bundle, write_tar
+from tests.support.helpers import (
+    Sample,
+    add_sample,
+    curate,
+    encode,
+    expected_id,
+    make_image,
+    reader_fn,
+    run_in_bundle,
+    task_of,
+    write_tar,
+)
 
 GOOD_BEFORE = Sample("before", {"jpg": encode(make_image(11)), "txt": b"first"})
 GOOD_AFTER = Sample("after", {"jpg": encode(make_image(12)), "txt": b"last"})
@@ -31,11 +40,7 @@ def read(paths, **options):
     """Run the reader's DoFn over paths: (ImageObjects, FailureRecords)."""
     paths = [str(path) for path in paths]
     stage = ImageReaderStage(dali_batch_size=4, num_threads=1, **options).with_exception_handling()
-    fn = _ReadImagesFn(stage, shared.Shared())
-    fn.setup()
-    task = FileGroupTask(task_id="t", dataset_name="d", data=paths,
-                         _metadata={"source_files": paths, "source_ids": [os.path.basename(p) for p in paths]})
-    outputs = list(run_in_bundle(fn, [task]))
+    outputs = list(run_in_bundle(reader_fn(stage), [task_of(paths)]))
     images = [obj for out in outputs if isinstance(out, ImageBatch) for obj in out.data]
     failures = [out.value for out in outputs if isinstance(out, TaggedOutput)]
     assert all(isinstance(record, FailureRecord) for record in failures)
@@ -311,7 +316,8 @@ def test_keys_with_dots_in_directories(tmp_path):
 def test_duplicate_keys_in_one_tar(tmp_path):
     first, second = Sample("dup", {"jpg": encode(make_image(56))}), Sample("dup", {"jpg": encode(make_image(57))})
     path, images, failures = around(tmp_path, first, second)
-    assert failures == [] and [obj.image_id for obj in images] == ["s.tar/dup", "s.tar/dup~1"]
+    assert failures == [] and [obj.image_id for obj in images] == [
+        expected_id(path, "dup", first.members["jpg"]), expected_id(path, "dup", second.members["jpg"], 1)]
     assert [obj.image_bytes for obj in images] == [first.members["jpg"], second.members["jpg"]]
 
 

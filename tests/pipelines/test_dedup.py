@@ -92,7 +92,7 @@ def test_exact_finds_exactly_the_byte_copies(planted, capsys):
     assert len(removed) == len(byte_copies) == 16
     assert all(row["method"] == "exact" and row["distance"] == 0 for row in found)
     assert all(row["kept_id"] < row["id"] for row in found)  # the smallest image_id of a group is kept
-    assert "dedup (exact): images: 64  duplicate groups: 16  removed: 16" in capsys.readouterr().out
+    assert "dedup (exact, keep largest): images: 64  duplicate groups: 16  removed: 16" in capsys.readouterr().out
 
 
 def test_perceptual_finds_the_copies_and_pairs_no_two_photos(planted):
@@ -188,9 +188,12 @@ def test_dedup_is_the_same_on_two_worker_processes(planted, method, tmp_path):
 def test_dedup_refuses_what_it_cannot_use(planted, tmp_path, capsys):
     assert cli.main(["dedup", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "holds no curated parquet" in capsys.readouterr().err
-    assert cli.main(["dedup", planted["curated"], "--output", str(tmp_path / "o"), "--method", "semantic"]) == 0
-    assert "images: 0  duplicate groups: 0  removed: 0  skipped (no embedding): 64" in capsys.readouterr().out
     assert cli.main(["dedup", planted["curated"], "--output", str(tmp_path / "o"), "--method", "semantic"]) == 2
+    err = capsys.readouterr().err
+    assert "has a value in the embedding column" in err and "--embed" in err
+    assert not (tmp_path / "o").exists()
+    assert cli.main(["dedup", planted["curated"], "--output", str(tmp_path / "o")]) == 0
+    assert cli.main(["dedup", planted["curated"], "--output", str(tmp_path / "o")]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 

@@ -10,16 +10,13 @@ import tarfile
 
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.utils import shared
 
 from beam_curator import storage
 from beam_curator.formats.webdataset import TarShardWriter
 from beam_curator.output import commit
-from beam_curator.tasks import FileGroupTask
 from beam_curator.transforms import ImageReaderStage, ImageWriterStage
 from beam_curator.transforms.io import image_writer
-from beam_curator.transforms.io.image_reader import _ReadImagesFn
-from tests.support.helpers import curate, output_digests, run_in_bundle
+from tests.support.helpers import curate, output_digests, reader_fn, run_in_bundle, task_of
 
 RETRYING_RUNNER = ["--runner=BundleBasedDirectRunner"]
 
@@ -91,15 +88,12 @@ def _written_shards(dataset, tmp_path, out="out", **writer_options):
     """Run reader and writer DoFns by hand, as one bundle attempt: the PartitionOutputs a finalize would receive."""
     writer = ImageWriterStage(str(tmp_path / out), **writer_options)
     temp_dir = storage.join(writer.output_dir, ".beam_curator-temp-manual")
-    reader_fn = _ReadImagesFn(ImageReaderStage(dali_batch_size=3), shared.Shared())
-    reader_fn.setup()
+    reading = reader_fn(ImageReaderStage(dali_batch_size=3))
     write_fn = image_writer._WriteShardsFn(writer, temp_dir)
     write_fn.start_bundle()
-    tasks = [FileGroupTask(task_id=f"p{index}", dataset_name="d", data=[path],
-                           _metadata={"partition_index": index, "source_files": [path]})
-             for index, path in enumerate(sorted(dataset.shards))]
+    tasks = [task_of([path], index) for index, path in enumerate(sorted(dataset.shards))]
     outputs = []
-    for batch in run_in_bundle(reader_fn, tasks):
+    for batch in run_in_bundle(reading, tasks):
         outputs += [output for output in write_fn.process(batch) if isinstance(output, commit.PartitionOutput)]
     return writer, temp_dir, outputs
 
@@ -110,7 +104,7 @@ def test_finalize_twice_succeeds_and_changes_nothing(tmp_path, make_dataset, det
     writer, temp_dir, outputs = _written_shards(dataset, tmp_path, images_per_tar=2, deterministic_name=deterministic)
     # With deterministic names each partition was committed as it finished; with random names finalize renames.
     assert [output.committed for output in outputs] == [deterministic] * 2
-    finalize = image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False)
+    finalize = image_writer._CommitFn(writer.output_dir, temp_dir)
     first = list(finalize.process(outputs))
     digests = _digests(writer.output_dir)
     second = list(finalize.process(outputs))
@@ -128,7 +122,7 @@ def test_a_second_commit_of_a_partition_changes_nothing(tmp_path, make_dataset):
     assert len([name for name in after_one if name.startswith("_partitions/")]) == 2
     _, _, second = _written_shards(dataset, tmp_path, images_per_tar=2)  # the second attempt
     assert _digests(writer.output_dir) == after_one
-    list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(second))
+    list(image_writer._CommitFn(writer.output_dir, temp_dir).process(second))
     assert_exactly_once(writer.output_dir, dataset)
     assert _digests(writer.output_dir) == after_one
 
@@ -140,7 +134,7 @@ def test_finalize_ignores_attempts_that_were_not_committed(tmp_path, make_datase
     stray = storage.join(temp_dir, "failed-attempt", os.path.basename(outputs[0].shards[0].temp_tar))
     with storage.create(stray) as handle:
         handle.write(b"partial")
-    list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(outputs))
+    list(image_writer._CommitFn(writer.output_dir, temp_dir).process(outputs))
     assert_exactly_once(writer.output_dir, dataset)
 
 
@@ -148,4 +142,4 @@ def test_two_commits_of_one_name_are_refused(tmp_path, make_dataset):
     dataset = make_dataset(shards=1, per_shard=2)
     writer, temp_dir, outputs = _written_shards(dataset, tmp_path)
     with pytest.raises(RuntimeError, match="two committed outputs are both named"):
-        list(image_writer._CommitFn(writer.output_dir, temp_dir, overwrite=False).process(outputs * 2))
+        list(image_writer._CommitFn(writer.output_dir, temp_dir).process(outputs * 2))

@@ -317,7 +317,7 @@ parser = cli.build_parser()
 args, beam_args = parser.parse_known_args(["curate", {dataset.directory!r}, "--output", {str(tmp_path / 'out')!r},
     "--model-dir", {exported_models.model_dir!r}, "--aesthetic-threshold", "5", "--nsfw-threshold", "0.5",
     "--clip-score-threshold", "0.2", "--embed"])
-pipeline, shards = build_pipeline(args, beam_args)
+pipeline, shards, _ = build_pipeline(args, beam_args)
 labels = [t.full_label for t in pipeline.transforms_stack[0].parts]
 loaded = sorted(m for m in ("onnxruntime", "tokenizers", "torch", "transformers", "nvidia.dali.backend") if m in sys.modules)
 print(loaded, shards)

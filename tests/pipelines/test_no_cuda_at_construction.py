@@ -20,7 +20,7 @@ from beam_curator import cli
 
 args, beam_args = cli.build_parser().parse_known_args(
     ["curate", sys.argv[1], "--output", sys.argv[2], "--num-gpus-per-worker", "1", "--runner=FnApiRunner"])
-pipeline, shards = cli.build_pipeline(args, beam_args)
+pipeline, shards, _ = cli.build_pipeline(args, beam_args)
 proto = pipeline.to_runner_api()  # what a launcher submits: DoFns pickled, stages expanded
 assert shards == 2 and len(proto.components.transforms) > 10
 cuda = [name for name in loaded if any(word in name.lower() for word in ("cuda", "nvjpeg", "dali", "nvml"))]

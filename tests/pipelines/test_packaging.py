@@ -24,7 +24,7 @@ def test_wheel_holds_transforms_as_a_subpackage(tmp_path):
     )
     (wheel,) = [name for name in os.listdir(tmp_path) if name.endswith(".whl")]
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
-    assert "beam_curator/transforms/image_reader.py" in names
+    assert "beam_curator/transforms/io/image_reader.py" in names
     assert "beam_curator/cli.py" in names
     assert not any(name.startswith(("transforms/", "tests/")) for name in names)
     entry_points = [name for name in names if name.endswith("entry_points.txt")]

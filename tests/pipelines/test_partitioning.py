@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from beam_curator.tasks import PartitionInfo
 from beam_curator.transforms import FilePartitioningStage
 from beam_curator.transforms.io.partitioning import list_input_files
 from tests.support.helpers import collect_to, read_collected, run_pipeline
@@ -51,22 +52,8 @@ def test_partitions_carry_metadata(tmp_path):
     ]
     assert {task.dataset_name for task in tasks} == {"my_dataset"}
     assert [task.task_id for task in tasks] == ["file_partitioning_000000", "file_partitioning_000001", "file_partitioning_000002"]
-    assert tasks[1]._metadata == {
-        "partition_index": 1,
-        "total_partitions": 3,
-        "source_files": files[1:3],
-        "source_ids": ["s1", "s2"],
-    }
-    assert tasks[0]._metadata["source_ids"] == ["extra", "s0"]
-
-
-def test_source_ids_stay_unique_when_stems_collide(tmp_path):
-    root = tmp_path / "d"
-    _touch(str(root / "a.tar"))
-    _touch(str(root / "a.tar.gz"))
-    _touch(str(root / "x/b.tar"))
-    tasks = FilePartitioningStage(str(root), files_per_partition=3, file_extensions=[".tar", ".tar.gz"]).partitions()
-    assert tasks[0]._metadata["source_ids"] == ["a.tar", "a.tar.gz", "x/b"]
+    assert tasks[1].partition == PartitionInfo(index=1, source_files=tuple(files[1:3]), metadata_files=(None, None))
+    assert tasks[1]._metadata == {}
 
 
 def test_stage_emits_the_partitions_in_a_pipeline(tmp_path):

@@ -213,9 +213,9 @@ def test_manifests_list_every_file_with_its_size_and_sha256(reference):
         assert entry["sha256"] == on_disk[name] and entry["size"] == os.path.getsize(os.path.join(reference, name))
     # The counts add up to the run's figures.
     stats = _stats(reference)
-    assert sum(manifest.counts["written"] for manifest in manifests) == stats["images_written"]
+    assert sum(manifest.counts["images_written"] for manifest in manifests) == stats["images_written"]
     assert sum(sum(manifest.counts["filtered_by_stage"].values()) for manifest in manifests) == stats["images_filtered"]
-    assert sum(manifest.counts["failures_by_scope"].get("sample", 0) for manifest in manifests) == stats["images_failed"]
+    assert sum(manifest.counts["failed_by_scope"].get("sample", 0) for manifest in manifests) == stats["images_failed"]
     assert stats["images_failed"] == 1 and stats["images_filtered"] > 0
 
 

@@ -286,3 +286,17 @@ def test_stage_option_errors_are_clear(tmp_path):
     assert load_stage("tests.support.stage_examples:score_brightness").column == "brightness"
     with pytest.raises(ValueError, match="did you mean 'images_per_tar'"):
         curate(str(tmp_path), str(tmp_path / "o"), image_per_tar=3)
+
+
+@pytest.mark.parametrize("mode", ["fused", "keyed"])
+def test_tasks_built_by_hand_are_refused_in_both_writer_modes(tmp_path, make_dataset, mode):
+    from beam_curator.tasks import FileGroupTask
+    from tests.support.helpers import run_pipeline
+
+    dataset = make_dataset(shards=2, per_shard=3)
+    tasks = [FileGroupTask(task_id=f"t{i}", dataset_name="d", data=[path]) for i, path in enumerate(dataset.shards)]
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="FilePartitioningStage"):
+        run_pipeline(lambda p: p | beam.Create(tasks) | ImageReaderStage(dali_batch_size=4)
+                     | ImageWriterStage(str(out), mode=mode))
+    assert not glob.glob(f"{out}/images-*")

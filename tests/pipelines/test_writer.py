@@ -159,7 +159,7 @@ def test_existing_output_stops_the_run_unless_overwrite(tmp_path, make_dataset):
     (tmp_path / "out" / "keep.txt").write_text("not ours")
     stale = tmp_path / "out" / "images-0000000000000000-000000.tar"
     stale.write_bytes(b"old")
-    with pytest.raises(FileExistsError, match=r"holds 1 partition\(s\) an earlier run committed.*--resume"):
+    with pytest.raises(FileExistsError, match=r"holds 1 committed partition\(s\).*--resume"):
         curate(dataset.directory, out)
     shutil.rmtree(tmp_path / "out" / "_partitions")  # shards without manifests: an older version's output
     with pytest.raises(FileExistsError, match="already holds 3 shard file"):

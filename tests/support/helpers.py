@@ -96,6 +96,31 @@ def build_dataset(directory, shards: int = 2, per_shard: int = 12, **options) ->
     return Dataset(str(directory), written)
 
 
+def expected_id(shard, key: str, image: bytes, occurrence: int = 0) -> str:
+    """The image_id the reader gives the sample `key` (its occurrence-th) with image bytes `image` of
+    the raw shard at path `shard` (beam_curator.identity's rule, spelled out here as the test's oracle)."""
+    import hashlib
+
+    payload = f"{os.path.realpath(str(shard))}\n{key}\n{occurrence}\n{hashlib.sha256(image).hexdigest()}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def task_of(paths, index: int = 0, task_id: str | None = None):
+    """A reader's FileGroupTask for these shards, as FilePartitioningStage makes them (partition `index`)."""
+    from beam_curator.tasks import FileGroupTask, PartitionInfo
+
+    paths = [str(path) for path in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    return FileGroupTask(task_id=task_id or f"p{index}", dataset_name="d", data=paths,
+                         partition=PartitionInfo(index=index, source_files=tuple(paths)))
+
+
+def reader_fn(stage):
+    """The set-up DoFn of a reader stage (ImageReaderStage, CuratedShardReader), to drive by hand."""
+    fn = stage._fn()
+    fn.setup()
+    return fn
+
+
 def run_in_bundle(fn: beam.DoFn, elements):
     """Run a set-up DoFn by hand over elements as one bundle (start, process each, finish), lazily.
 

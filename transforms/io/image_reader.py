@@ -1,4 +1,10 @@
-"""ImageReaderStage: FileGroupTask -> ImageBatch, decoding WebDataset shards with a per-worker DALI pipeline."""
+"""ImageReaderStage: FileGroupTask -> ImageBatch, decoding WebDataset shards with a per-worker DALI pipeline.
+
+One loop reads shards for both readers: ImageReaderStage decodes what it reads; CuratedShardReader
+(transforms/io/curated_reader.py, what prune runs on) is the same loop without decoding. A shard of a
+beam_curator output (its partition names the parquet beside it) keeps the ids and columns of its
+parquet rows; any other shard's samples get ids from their provenance (beam_curator.identity).
+"""
 
 from __future__ import annotations
 
@@ -11,28 +17,25 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_curator import storage
-from beam_curator.formats.decoding import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DaliImageDecoder,
-    ImageDecodeError,
-    cuda_device_count,
-)
+from beam_curator.errors import FailureThresholdExceeded
+from beam_curator.formats.decoding import DEFAULT_MAX_IMAGE_PIXELS, DaliImageDecoder, ImageDecodeError
 from beam_curator.formats.isolated_decoding import IsolatedDecoder
-from beam_curator.formats.sample_rules import SampleRules, is_shard_damage
+from beam_curator.formats.sample_rules import SampleRules, curated_rows, is_shard_damage, member_extension, with_row
 from beam_curator.formats.webdataset import DEFAULT_MAX_MEMBER_BYTES, SkippedMember, iter_samples, split_member_name
 from beam_curator.records import FailureRecord
-from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject
+from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject, PartitionInfo
 from beam_curator.transforms.coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from beam_curator.transforms.metrics import counter
+from beam_curator.transforms.per_process import PerProcess, use_gpu
 
-__all__ = ["FAILURES_TAG", "FailureThresholdExceeded", "ImageReaderStage", "ReadResult", "is_shard_damage"]
+__all__ = ["FAILURES_TAG", "FailureThresholdExceeded", "ImageReaderStage", "ReadResult", "is_shard_damage",
+           "partition_of"]
 
 _LOG = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 2.0
@@ -40,160 +43,181 @@ FAILURES_TAG = "failures"
 
 
 class ReadResult(NamedTuple):
-    """What ImageReaderStage.with_exception_handling() returns: ImageBatches and FailureRecords."""
+    """What a reader's with_exception_handling() returns: ImageBatches and FailureRecords."""
 
-    batches: object
-    failures: object
+    batches: beam.PCollection
+    failures: beam.PCollection
+
+
+def partition_of(task: FileGroupTask) -> PartitionInfo:
+    """The task's partition; a ValueError naming the fix for a task made without one."""
+    if not isinstance(task, FileGroupTask) or task.partition is None:
+        raise ValueError(
+            f"the reader got {getattr(task, 'task_id', task)!r} without a partition (FileGroupTask.partition: its "
+            "index and source files, which name the output): make the reader's tasks with "
+            "FilePartitioningStage(file_paths), not by hand")
+    return task.partition
 
 
 @dataclass
-class _SubmittedBatch:
-    """A batch's images handed to DALI (`future` is None for an empty batch), and its task's window."""
+class _Batch:
+    """A batch being read, then decoded: its images and what the reader counted and recorded for it."""
 
     task: FileGroupTask
-    objects: list[ImageObject]
-    future: Future | None
     index: int
-    last: bool
     started: float
-    timestamp: object
-    window: object
-    counts: Counter = field(default_factory=Counter)  # what the reader counted for this batch
-    failures: list[FailureRecord] = field(default_factory=list)  # the reader's records that go with it
+    objects: list[ImageObject] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    failures: list[FailureRecord] = field(default_factory=list)
+    last: bool = False
+    future: Future | None = None  # the decoding, once submitted (None without images or decoding)
+    timestamp: Any = None
+    window: Any = None
 
 
-class _DecoderHandle:
-    """What a process shares between its DoFn threads: the decoder, and who built it."""
+class _Count(NamedTuple):
+    """An event of the shard loop: add `value` to the current batch's count `name`."""
 
-    def __init__(self, decoder: DaliImageDecoder):
-        self.decoder = decoder
-        self.label = f"{os.uname().nodename}:{os.getpid()}:{id(decoder):x}"
+    name: str
+    value: int = 1
 
 
-class _ReadImagesFn(beam.DoFn):
+class _ReadShardsFn(beam.DoFn):
+    """FileGroupTask -> ImageBatch per at most batch_size images, streamed, in order; FailureRecords
+    (tagged 'failures') for what cannot be used. With a decoder handle, each batch is decoded on DALI
+    while the next is read."""
+
     emits_partitions_in_order = True  # all of a partition's batches, in order, from one process() call
-    def __init__(self, stage: ImageReaderStage, shared_handle: shared.Shared):
-        self._stage_name = stage.stage_name
-        self._batch_size = stage.dali_batch_size
-        self._num_threads = stage.num_threads
-        self._num_gpus = stage.num_gpus_per_worker
-        self._verbose = stage.verbose
-        self._progress_dir = stage.progress_dir
-        self._max_member_bytes = stage.max_member_bytes
-        self._rules = SampleRules(stage=stage.stage_name, max_image_pixels=stage.max_image_pixels,
-                                  max_member_bytes=stage.max_member_bytes)
-        self._emit_failures = stage._with_failures
-        self._isolate_decoder = stage.isolate_decoder
-        self._shared_handle = shared_handle
-        self._built_here = False
-        self._reported_build = False
+
+    def __init__(self, *, stage_name: str, batch_size: int, rules: SampleRules, emit_failures: bool,
+                 verbose: bool = False, progress_dir: str | None = None, decoder: _DecoderSpec | None = None):
+        self._stage_name, self._batch_size, self._rules = stage_name, batch_size, rules
+        self._emit_failures, self._verbose, self._progress_dir = emit_failures, verbose, progress_dir
+        self._decoder_spec = decoder
 
     def setup(self):
-        def build() -> _DecoderHandle:
-            use_gpu = self._num_gpus > 0 and cuda_device_count() > 0
-            isolate = use_gpu if self._isolate_decoder is None else self._isolate_decoder
-            self._built_here = True
-            decoder_class = IsolatedDecoder if isolate else DaliImageDecoder
-            return _DecoderHandle(
-                decoder_class(batch_size=self._batch_size, num_threads=self._num_threads, use_gpu=use_gpu)
-            )
-
-        tag = (self._batch_size, self._num_threads, self._num_gpus > 0, self._isolate_decoder)
-        # Holding the handle keeps the shared pipeline alive for as long as this DoFn lives.
-        self._handle = self._shared_handle.acquire(build, tag=tag)
+        self._decoder = self._decoder_spec.acquire() if self._decoder_spec else None
         self._progress = _ProgressFile(self._progress_dir) if self._progress_dir else None
 
     def start_bundle(self):
         # The batch DALI decodes while this thread reads on and the writer writes; it may belong to
         # the previous element, so the decoder never waits between partitions.
-        self._in_flight: _SubmittedBatch | None = None
-        self._counts = Counter()  # counted since the last batch was submitted; goes with the next one
-        self._failures: list[FailureRecord] = []  # recorded since then; go with it too (batch.read_failures)
+        self._in_flight: _Batch | None = None
 
     def process(self, task: FileGroupTask, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        # FileGroupTask -> ImageBatch, one per at most dali_batch_size decoded images, streamed;
+        # FileGroupTask -> ImageBatch, one per at most batch_size images, streamed (a partition with
+        # nothing in it still sends one empty batch: the writer learns it is complete);
         # FailureRecord (tagged 'failures') for what could not be used.
-        if self._built_here and not self._reported_build:
-            # Counted here, not in setup(): counters from setup() are dropped by the FnApiRunner.
-            counter("dali_pipelines_built").inc()
-            self._reported_build = True
-        sources = task._metadata.get("source_files", task.data)
-        source_ids = task._metadata.get("source_ids", sources)
-        batch_index = 0
-        pending: list[ImageObject] = []
-        started = time.perf_counter()
-        items = self._images_and_failures(sources, source_ids)
-        upcoming = next(items, None)
-        while upcoming is not None or batch_index == 0:
-            if isinstance(upcoming, FailureRecord):
-                yield from self._fail(upcoming, self._counts, self._failures)
-            elif upcoming is not None:
-                pending.append(upcoming)
-            upcoming = next(items, None)
-            if len(pending) == self._batch_size or upcoming is None:
-                # A partition with nothing in it still sends one empty batch: the writer learns it is complete.
-                yield from self._submit(_SubmittedBatch(task, pending, None, batch_index, upcoming is None, started,
-                                                        timestamp, window, self._counts, self._failures))
-                self._counts, self._failures = Counter(), []
-                batch_index += 1
-                pending = []
-                started = time.perf_counter()
+        partition = self._accept(partition_of(task))
+        if self._decoder is not None:
+            self._decoder.report_build()
+        batch = _Batch(task, 0, time.perf_counter(), timestamp=timestamp, window=window)
+        for event in self._events(partition):
+            if isinstance(event, _Count):
+                batch.counts[event.name] += event.value
+            elif isinstance(event, FailureRecord):
+                yield from self._fail(event, batch)
+            else:
+                batch.objects.append(event)
+                if len(batch.objects) == self._batch_size:
+                    yield from self._submit(batch)
+                    batch = _Batch(task, batch.index + 1, time.perf_counter(), timestamp=timestamp, window=window)
+        batch.last = True
+        yield from self._submit(batch)
 
     def finish_bundle(self):
         if self._in_flight is not None:
-            yield from self._emit_batch(self._in_flight)
+            yield from self._emit(self._in_flight)
             self._in_flight = None
 
-    def _submit(self, submitted: _SubmittedBatch) -> Iterator:
-        """Queue a batch on DALI, then send the one queued before it downstream: they overlap."""
-        if submitted.objects:
-            submitted.future = self._handle.decoder.submit([obj.image_bytes for obj in submitted.objects])
-        previous, self._in_flight = self._in_flight, submitted
-        if previous is not None:
-            yield from self._emit_batch(previous)
+    def _accept(self, partition: PartitionInfo) -> PartitionInfo:
+        """The partition, if this reader reads its sources (a variant's hook); ValueError otherwise."""
+        return partition
 
-    def _emit_batch(self, submitted: _SubmittedBatch) -> Iterator:
+    def _submit(self, batch: _Batch) -> Iterator:
+        """Queue a batch on the decoder, then send the one queued before it downstream: they overlap."""
+        if self._decoder is None:
+            yield from self._emit(batch)
+            return
+        if batch.objects:
+            batch.future = self._decoder.value.submit([obj.image_bytes for obj in batch.objects])
+        previous, self._in_flight = self._in_flight, batch
+        if previous is not None:
+            yield from self._emit(previous)
+
+    def _emit(self, batch: _Batch) -> Iterator:
         # Outputs carry the window of their own task: the batch may go out during the next element.
         def windowed(value):
-            return WindowedValue(value, submitted.timestamp, [submitted.window])
+            return WindowedValue(value, batch.timestamp, [batch.window])
 
-        results = submitted.future.result() if submitted.future is not None else []
-        by_pillow = getattr(results, "pillow", 0)  # this batch's own (DecodedImages)
-        if by_pillow:
-            counter("images_decoded_by_pillow").inc(by_pillow)
-            submitted.counts["decoded_by_pillow"] += by_pillow
-        batch, failures = self._decoded_batch(submitted, results)
-        for failure in failures:
-            for output in self._fail(failure, submitted.counts, submitted.failures):
-                yield beam.pvalue.TaggedOutput(output.tag, windowed(output.value))
-        batch.read_failures = submitted.failures
-        yield windowed(batch)
+        objects = batch.objects
+        if self._decoder is not None:
+            results = batch.future.result() if batch.future is not None else []
+            by_pillow = getattr(results, "pillow", 0)  # this batch's own (DecodedImages)
+            if by_pillow:
+                counter("images_decoded_by_pillow").inc(by_pillow)
+                batch.counts["images_decoded_by_pillow"] += by_pillow
+            objects = []
+            for obj, pixels in zip(batch.objects, results):
+                if isinstance(pixels, ImageDecodeError):
+                    source, _, member = obj.image_path.partition("#")
+                    for output in self._fail(self._rules.record(source, member, obj.key, "sample", "ImageDecodeError",
+                                                                pixels), batch):
+                        yield beam.pvalue.TaggedOutput(output.tag, windowed(output.value))
+                    continue
+                pixels.flags.writeable = False  # stages that change pixels build a new array
+                obj.image_data = obj.decoded_pixels = pixels
+                obj.height, obj.width = int(pixels.shape[0]), int(pixels.shape[1])
+                objects.append(obj)
+            counter("images_decoded").inc(len(objects))
+            batch.counts["images_decoded"] += len(objects)
+        partition = batch.task.partition
+        out = ImageBatch(
+            task_id=f"{batch.task.task_id}_{batch.index:06d}",
+            dataset_name=batch.task.dataset_name,
+            data=objects,
+            # The decoder that decoded it ("{host}:{pid}:{id}"), to see which process decoded what.
+            _metadata={**batch.task._metadata,
+                       **({"dali_pipeline": self._decoder.label} if self._decoder is not None else {})},
+            _stage_perf=list(batch.task._stage_perf),
+            origin=BatchOrigin(partition=partition.index, batch_index=batch.index, last=batch.last,
+                               source_files=partition.source_files),
+            read_failures=batch.failures,
+        )
+        out.add_stage_perf(self._stage_name, time.perf_counter() - batch.started, len(objects), counts=batch.counts)
+        yield windowed(out)
 
-    def _fail(self, record: FailureRecord, counts: Counter, carried: list[FailureRecord]) -> Iterator:
-        counter(f"{record.scope}s_failed").inc()
-        counts[f"{record.scope}s_failed"] += 1
-        carried.append(record)
+    def _fail(self, record: FailureRecord, batch: _Batch) -> Iterator:
+        name = f"{record.scope}s_failed"
+        counter(name).inc()
+        batch.counts[name] += 1
+        batch.failures.append(record)  # goes with the batch to the writer (ImageBatch.read_failures)
         _LOG.warning("%s %s %s: %s: %s", record.scope, record.source, record.member, record.error_class, record.message)
         if self._emit_failures:
             yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
 
-    def _images_and_failures(self, sources, source_ids) -> Iterator[ImageObject | FailureRecord]:
+    def _events(self, partition: PartitionInfo) -> Iterator[ImageObject | FailureRecord | _Count]:
+        """Every shard's images, failures and counts, in order: a count comes before the image it counts."""
         log = _LOG.info if self._verbose else _LOG.debug
-        for url, source_id in zip(sources, source_ids):
+        for url, metadata in zip(partition.source_files, partition.metadata_files):
             shard_start = time.perf_counter()
             images = samples = 0
             seen_keys: dict[str, int] = {}
+            rows = None
             try:
+                rows = curated_rows(metadata) if metadata else None
                 with storage.open_read(url) as stream:
-                    for item in iter_samples(stream, max_member_bytes=self._max_member_bytes):
+                    for item in iter_samples(stream, max_member_bytes=self._rules.max_member_bytes):
                         if isinstance(item, SkippedMember):
                             yield self._rules.record(url, item.name, split_member_name(item.name)[0], "member",
                                                      "UnsupportedMember", item.reason)
                             continue
                         samples += 1
                         counter("samples_read").inc()
-                        self._counts["samples_read"] += 1
-                        for result in self._rules.to_image(url, source_id, item, seen_keys):
+                        yield _Count("samples_read")
+                        for result in self._rules.to_image(url, item, seen_keys):
+                            if isinstance(result, ImageObject) and rows is not None:
+                                result = self._carry(url, item.key, result, rows)
                             if isinstance(result, ImageObject):
                                 images += 1
                                 if self._progress:
@@ -205,45 +229,50 @@ class _ReadImagesFn(beam.DoFn):
                 # the shard itself is damaged or missing: keep what was read before the damage
                 yield self._rules.record(url, "", "", "shard", type(error).__name__,
                                          f"{error or 'unreadable'} (after {samples} sample(s) read)")
+            for key, row in sorted((rows or {}).items()):  # rows whose sample the tar does not hold
+                counter("samples_read").inc()
+                yield _Count("samples_read")
+                yield self._rules.record(url, row["member_name"], key, "sample", "MissingSample",
+                                         f"the parquet beside the tar has a row for {row['image_id']} but the tar "
+                                         "has no such sample")
             counter("shards_read").inc()
-            self._counts["shards_read"] += 1
+            yield _Count("shards_read")
             if self._progress:
                 self._progress.add_shard()
             log("read %d image(s) from %s in %.2fs", images, url, time.perf_counter() - shard_start)
 
-    def _decoded_batch(self, submitted: _SubmittedBatch, results: list):
-        task, index = submitted.task, submitted.index
-        decoded, failures = [], []
-        for obj, pixels in zip(submitted.objects, results):
-            if isinstance(pixels, ImageDecodeError):
-                source, _, member = obj.image_path.partition("#")
-                failures.append(self._rules.record(source, member, obj.key, "sample", "ImageDecodeError", pixels))
-                continue
-            pixels.flags.writeable = False  # stages that change pixels build a new array
-            obj.image_data = obj.decoded_pixels = pixels
-            obj.height, obj.width = int(pixels.shape[0]), int(pixels.shape[1])
-            decoded.append(obj)
-        counter("images_decoded").inc(len(decoded))
-        batch = ImageBatch(
-            task_id=f"{task.task_id}_{index:06d}",
-            dataset_name=task.dataset_name,
-            data=decoded,
-            # dali_pipeline names the decoder ("{host}:{pid}:{id}"), to see which process decoded what.
-            _metadata={**task._metadata, "batch_index": index, "last_batch": submitted.last,
-                       "dali_pipeline": self._handle.label},
-            _stage_perf=list(task._stage_perf),
-            origin=BatchOrigin(partition=int(task._metadata.get("partition_index", 0)), batch_index=index,
-                               last=submitted.last,
-                               source_files=tuple(task._metadata.get("source_files", task.data))),
-        )
-        submitted.counts["decoded"] = len(decoded)
-        batch.add_stage_perf(self._stage_name, time.perf_counter() - submitted.started, len(decoded),
-                             counts=submitted.counts)
-        return batch, failures
+    def _carry(self, url: str, key: str, obj: ImageObject, rows: dict) -> ImageObject | FailureRecord:
+        """A curated shard's sample with its parquet row's identity and columns, or its failure."""
+        row = rows.pop(key, None)
+        if row is None or member_extension(row) != obj.image_format:
+            return self._rules.record(url, obj.image_path.partition("#")[2], key, "sample", "MissingMetadata",
+                                      "the sample has no row in the parquet beside its tar")
+        return with_row(obj, row)
 
     def teardown(self):
         if getattr(self, "_progress", None):
             self._progress.flush()
+
+
+@dataclass(frozen=True)
+class _DecoderSpec:
+    """How to build the per-process decoder (the stage's options), and the PerProcess that holds it."""
+
+    batch_size: int
+    num_threads: int
+    num_gpus_per_worker: float
+    isolate: bool | None
+    holder: PerProcess
+
+    def acquire(self):
+        def build():
+            gpu = use_gpu(self.num_gpus_per_worker)
+            isolate = gpu if self.isolate is None else self.isolate
+            decoder_class = IsolatedDecoder if isolate else DaliImageDecoder
+            return decoder_class(batch_size=self.batch_size, num_threads=self.num_threads, use_gpu=gpu)
+
+        return self.holder.acquire(build, tag=(self.batch_size, self.num_threads, self.num_gpus_per_worker > 0,
+                                               self.isolate))
 
 
 class _ProgressFile:
@@ -270,19 +299,61 @@ class _ProgressFile:
         self._written_at = time.monotonic()
 
 
-class FailureThresholdExceeded(RuntimeError):
-    """More samples failed than with_exception_handling(threshold=...) allows."""
-
-
-def _check_failure_ratio(decoded: int, failed: int, threshold: float) -> None:
-    total = decoded + failed
-    if total and failed / total > threshold:
+def _check_failure_ratio(read: int, failed: int, threshold: float) -> None:
+    if read and failed / read > threshold:
         raise FailureThresholdExceeded(
-            f"{failed} of {total} samples failed ({failed / total:.1%}), over the threshold of {threshold:.1%} "
-            "set with with_exception_handling(threshold=...); the failure records say why")
+            f"{failed} of {read} samples failed ({failed / read:.1%}), over the threshold of {threshold:.1%}; the "
+            "failure records say why")
 
 
-class ImageReaderStage(beam.PTransform):
+class ShardReader(beam.PTransform):
+    """The readers' common face: FileGroupTask -> ImageBatch, or ReadResult(batches, failures) with
+    with_exception_handling(threshold=...). Subclasses make the DoFn."""
+
+    def __init__(self, *, name: str):
+        super().__init__()
+        self.stage_name = name
+        self._with_failures = False
+        self._threshold = 1.0
+
+    def _fn(self) -> _ReadShardsFn:
+        raise NotImplementedError
+
+    def with_exception_handling(self, *, threshold: float = 1.0):
+        """Make the stage return ReadResult(batches, failures): ImageBatches and FailureRecords (Beam's
+        convention: without it the stage returns the batches alone, as a PCollection).
+
+        threshold: the highest fraction of the samples read that may fail; above it the job fails once
+        everything is read (FailureThresholdExceeded). 1.0, the default, never fails the job.
+        """
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be a fraction from 0 to 1, got {threshold!r}")
+        self._with_failures = True
+        self._threshold = float(threshold)
+        return self
+
+    def expand(self, tasks):
+        # FileGroupTask -> ImageBatch (+ FailureRecord, tagged 'failures')
+        read = beam.ParDo(self._fn()).with_input_types(FileGroupTask).with_output_types(ImageBatch)
+        if not self._with_failures:
+            return tasks | "ReadAndDecode" >> read
+        # FileGroupTask -> ReadResult(batches, failures)
+        outputs = tasks | "ReadAndDecode" >> read.with_outputs(FAILURES_TAG, main="batches")
+        batches, failures = outputs.batches, outputs[FAILURES_TAG]
+        if self._threshold < 1.0:
+            stage = self.stage_name
+            failed = (failures | "FailedSamples" >> beam.Filter(lambda record: record.scope == "sample")
+                      | "CountFailed" >> beam.combiners.Count.Globally())
+            (batches
+             | "SamplesRead" >> beam.Map(lambda batch: sum(perf.counts.get("samples_read", 0)
+                                                           for perf in batch._stage_perf if perf.stage == stage))
+             | "CountRead" >> beam.CombineGlobally(sum)
+             | "CheckFailureRatio" >> beam.Map(_check_failure_ratio, failed=beam.pvalue.AsSingleton(failed),
+                                               threshold=self._threshold))
+        return ReadResult(batches, failures)
+
+
+class ImageReaderStage(ShardReader):
     """Read WebDataset shards and decode their images with NVIDIA DALI.
 
     Args:
@@ -301,6 +372,10 @@ class ImageReaderStage(beam.PTransform):
         one image instead of killing the worker (see beam_curator.formats.isolated_decoding). None (default)
         isolates on the GPU, where a crash was seen past the structural check, and not on the CPU,
         where the check alone survived the crash-fuzz campaign (docs/ROBUSTNESS.md).
+
+    Tasks come from FilePartitioningStage (each with its PartitionInfo; a task without one is refused).
+    A shard of a beam_curator output (the partition names its parquet) keeps its samples' ids and
+    columns; other shards' samples get ids from their provenance (beam_curator.identity).
 
     What cannot be used becomes a FailureRecord (see beam_curator.records): a sample that cannot be
     decoded or breaks a limit, a companion that is not valid (UTF-8 `txt`, parseable `json`), a link
@@ -323,61 +398,37 @@ class ImageReaderStage(beam.PTransform):
         progress_dir: str | None = None,
         isolate_decoder: bool | None = None,
     ):
-        super().__init__()
-        if not isinstance(dali_batch_size, int) or dali_batch_size < 1:
+        super().__init__(name=name)
+        if not isinstance(dali_batch_size, int) or isinstance(dali_batch_size, bool) or dali_batch_size < 1:
             raise ValueError(f"dali_batch_size must be a positive integer, got {dali_batch_size!r}")
-        if not isinstance(num_threads, int) or num_threads < 1:
+        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
-        if not isinstance(num_gpus_per_worker, (int, float)) or num_gpus_per_worker < 0:
+        if isinstance(num_gpus_per_worker, bool) or not isinstance(num_gpus_per_worker, (int, float)) \
+                or num_gpus_per_worker < 0:
             raise ValueError(f"num_gpus_per_worker must be 0 (CPU) or more, got {num_gpus_per_worker!r}")
+        for option, value in (("max_image_pixels", max_image_pixels), ("max_member_bytes", max_member_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{option} must be a positive integer, got {value!r}")
+        if isolate_decoder not in (None, True, False):
+            raise ValueError(f"isolate_decoder must be None (on the GPU only), True or False, got {isolate_decoder!r}")
         self.dali_batch_size = dali_batch_size
         self.verbose = verbose
         self.num_threads = num_threads
         self.num_gpus_per_worker = float(num_gpus_per_worker)
-        for option, value in (("max_image_pixels", max_image_pixels), ("max_member_bytes", max_member_bytes)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{option} must be a positive integer, got {value!r}")
-        self.stage_name = name
         self.max_image_pixels = max_image_pixels
         self.max_member_bytes = max_member_bytes
         self.progress_dir = progress_dir
-        if isolate_decoder not in (None, True, False):
-            raise ValueError(f"isolate_decoder must be None (on the GPU only), True or False, got {isolate_decoder!r}")
         self.isolate_decoder = isolate_decoder
-        self._with_failures = False
-        self._threshold = 1.0
-        self._shared_handle = shared.Shared()
+        self._decoders = PerProcess("dali_pipelines_built")
 
-    def with_exception_handling(self, *, threshold: float = 1.0) -> ImageReaderStage:
-        """Make the stage return ReadResult(batches, failures): ImageBatches and FailureRecords.
-
-        threshold: as Beam's own with_exception_handling, the highest fraction of samples that may
-        fail; above it the job fails once everything is read (FailureThresholdExceeded). 1.0, the
-        default, never fails the job.
-        """
-        if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-            raise ValueError(f"threshold must be a fraction from 0 to 1, got {threshold!r}")
-        self._with_failures = True
-        self._threshold = float(threshold)
-        return self
-
-    def expand(self, tasks):
-        # FileGroupTask -> ImageBatch (+ FailureRecord, tagged 'failures')
-        read = beam.ParDo(_ReadImagesFn(self, self._shared_handle)).with_output_types(ImageBatch)
-        if not self._with_failures:
-            return tasks | "ReadAndDecode" >> read
-        # FileGroupTask -> ReadResult(batches, failures)
-        outputs = tasks | "ReadAndDecode" >> read.with_outputs(FAILURES_TAG, main="batches")
-        batches, failures = outputs.batches, outputs[FAILURES_TAG]
-        if self._threshold < 1.0:
-            failed = (failures | "FailedSamples" >> beam.Filter(lambda record: record.scope == "sample")
-                      | "CountFailed" >> beam.combiners.Count.Globally())
-            (batches
-             | "DecodedImages" >> beam.Map(lambda batch: batch.num_items)
-             | "CountDecoded" >> beam.CombineGlobally(sum)
-             | "CheckFailureRatio" >> beam.Map(_check_failure_ratio, failed=beam.pvalue.AsSingleton(failed),
-                                               threshold=self._threshold))
-        return ReadResult(batches, failures)
+    def _fn(self) -> _ReadShardsFn:
+        rules = SampleRules(stage=self.stage_name, max_image_pixels=self.max_image_pixels,
+                            max_member_bytes=self.max_member_bytes)
+        decoder = _DecoderSpec(self.dali_batch_size, self.num_threads, self.num_gpus_per_worker, self.isolate_decoder,
+                               self._decoders)
+        return _ReadShardsFn(stage_name=self.stage_name, batch_size=self.dali_batch_size, rules=rules,
+                             emit_failures=self._with_failures, verbose=self.verbose, progress_dir=self.progress_dir,
+                             decoder=decoder)
 
     def display_data(self):
         return {

@@ -18,9 +18,14 @@ filter records, its pairs (tars before parquets), then its manifest `_partitions
 a retried or speculative bundle commits the same bytes under the same names again, which changes
 nothing. A job killed midway keeps every committed partition, and `curate --resume` skips them. With
 random names, one commit step at the end renames the pairs of the attempts Beam kept. Either way the
-last step deletes the temporary directory, and a repeated commit is a no-op. Records (FailureRecords,
-FilterRecords) and counts are emitted from the same bundles as the tars, so a retried bundle's are
-counted once.
+last step deletes the temporary directory, and a repeated commit is a no-op. Each partition's records
+(FailureRecords, FilterRecords) are written with its commit, and its Counts travel in the
+PartitionOutput the commit returns, so a retried bundle's are counted once.
+
+Before anything is written, the writer's first step gets the output directory ready
+(beam_curator.output.directory.prepare): a new run stops on an earlier run's output; overwrite=True
+removes it; resume=True keeps the committed partitions and removes the rest. The writing steps wait
+for it (a side input).
 """
 
 from __future__ import annotations
@@ -39,22 +44,20 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_curator import storage
+from beam_curator.output import directory
 from beam_curator.output.commit import PartitionLedger, PartitionOutput, commit_partition, commit_shards, final_files
-from beam_curator.output.layout import SHARD_PREFIX, name_digest
-from beam_curator.output.leftovers import TEMP_DIR_PREFIX
-from beam_curator.output.manifest import PARTITIONS_DIR
+from beam_curator.output.layout import TEMP_DIR_PREFIX
 from beam_curator.output.packing import OUTPUT_FORMATS, PackingOptions, PartitionPacker, PreparedImage, prepare_image
-from beam_curator.output.stats import tally
-from beam_curator.records import RECORD_DIRS, FailureRecord, FilterRecord
+from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject, StagePerf
 from beam_curator.transforms.coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from beam_curator.transforms.metrics import counter
 
-__all__ = ["ImageWriterStage", "MODES", "WriteResult", "existing_manifests", "existing_shards", "fusion_break"]
+__all__ = ["ImageWriterStage", "MODES", "WriteResult", "fusion_break"]
 
 _LOG = logging.getLogger(__name__)
 MODES = ("auto", "fused", "keyed")
-WRITTEN_TAG, FAILURES_TAG, FILTERED_TAG, COUNTS_TAG = "written", "failures", "filtered", "counts"
+WRITTEN_TAG, FAILURES_TAG, FILTERED_TAG = "written", "failures", "filtered"
 _FUSION_BREAKERS = (beam.GroupByKey, beam.Reshuffle, beam.CoGroupByKey)
 
 
@@ -62,18 +65,19 @@ class WriteResult(NamedTuple):
     """What ImageWriterStage returns; a field not asked for is None.
 
     files: a FileGroupTask per committed tar (its tar, parquet and index paths; num_images).
+    partitions: a PartitionOutput per partition written: its shards, Counts and stage timings (what
+      `_stats.json` sums; beam_curator.transforms.io.stats.WriteRunStats): always there.
     written: the ImageBatches as written (with_written_batches()).
     failures: FailureRecords of images that failed in the writer or in a stage before it
       (with_exception_handling()).
     filtered: FilterRecords of images that stages before the writer dropped (with_exception_handling()).
-    counts: per-stage tallies (see beam_curator.output.stats), one per bundle: always there.
     """
 
-    files: object
-    written: object = None
-    failures: object = None
-    filtered: object = None
-    counts: object = None
+    files: beam.PCollection
+    partitions: beam.PCollection
+    written: beam.PCollection | None = None
+    failures: beam.PCollection | None = None
+    filtered: beam.PCollection | None = None
 
 
 def _missing_origin(batch: ImageBatch) -> ValueError:
@@ -97,14 +101,10 @@ class _WriterCore:
         self._emit_written = stage._with_written
         self._emit_records = stage._with_failures
 
-    def _begin(self) -> None:
-        self._tally: dict[str, dict[str, float]] = {}
-
     def _take(self, batch: ImageBatch) -> Iterator:
-        """Check the origin, tally the stages' counts, emit the records the batch carries."""
+        """Check the origin, emit the records the batch carries (if asked)."""
         if batch.origin is None:
             raise _missing_origin(batch)
-        tally(batch._stage_perf, self._tally)
         if self._emit_records:
             for record in batch.records:
                 yield beam.pvalue.TaggedOutput(FILTERED_TAG if isinstance(record, FilterRecord) else FAILURES_TAG,
@@ -129,7 +129,7 @@ class _WriterCore:
     def _fail(self, obj: ImageObject, error: Exception) -> FailureRecord:
         source, _, member = obj.image_path.partition("#")
         record = FailureRecord(source=source, member=member, key=obj.key, stage=self._stage_name, scope="sample",
-                               error_class=type(error).__name__, message=str(error))
+                               error_class=type(error).__name__, message=str(error), image_id=obj.image_id)
         counter("images_write_failed").inc()
         _LOG.warning("could not write %s: %s: %s", obj.image_path or obj.image_id, record.error_class, record.message)
         return record
@@ -152,20 +152,14 @@ class _WriterCore:
         return written
 
     def _written(self, batch: ImageBatch, prepared: list[PreparedImage], started: float) -> Iterator:
-        """Count the batch as written (this writer's own tally), and emit it tagged if asked. Returns
-        the stages' timings and counts of the batch, this writer's included."""
+        """Count the batch as written, and emit it tagged if asked. Returns the stages' timings and
+        counts of the batch, this writer's included (its partition's commit sums them)."""
         counter("images_written").inc(len(prepared))
         counts = {"in": batch.num_items, "written": len(prepared), "failed": batch.num_items - len(prepared)}
         own = StagePerf(self._stage_name, time.perf_counter() - started, len(prepared), counts)
-        tally([own], self._tally)
         if self._emit_written:
             yield beam.pvalue.TaggedOutput(WRITTEN_TAG, self._written_copy(batch, prepared, started))
         return [*batch._stage_perf, own]
-
-    def _counts_output(self):
-        """The bundle's tally, windowed (it leaves from finish_bundle)."""
-        if self._tally:
-            yield beam.pvalue.TaggedOutput(COUNTS_TAG, WindowedValue(self._tally, MIN_TIMESTAMP, [GlobalWindow()]))
 
 
 class _WriteShardsFn(_WriterCore, beam.DoFn):
@@ -178,10 +172,10 @@ class _WriteShardsFn(_WriterCore, beam.DoFn):
     def start_bundle(self):
         self._attempt_dir = storage.join(self._temp_dir, uuid.uuid4().hex)
         self._partitions: dict[int, tuple[PartitionPacker, PartitionLedger]] = {}
-        self._begin()
 
-    def process(self, batch: ImageBatch) -> Iterator:
-        # ImageBatch -> PartitionOutput per finished partition; tagged: records, the batch as written
+    def process(self, batch: ImageBatch, output_ready=None) -> Iterator:
+        # ImageBatch -> PartitionOutput per finished partition; tagged: records, the batch as written.
+        # output_ready: the side input that holds the writing back until the output directory is prepared.
         started = time.perf_counter()
         prepared, records = yield from self._prepared(batch)
         origin: BatchOrigin = batch.origin
@@ -196,7 +190,7 @@ class _WriteShardsFn(_WriterCore, beam.DoFn):
             if closed is not None:
                 ledger.shards.append(closed)
         ledger.records += records
-        ledger.add_counts((yield from self._written(batch, prepared, started)))
+        ledger.add_perfs((yield from self._written(batch, prepared, started)))
         if origin.last:
             yield self._finish(origin.partition)
 
@@ -206,7 +200,6 @@ class _WriteShardsFn(_WriterCore, beam.DoFn):
             if not self._partitions[partition][0].closed:
                 yield WindowedValue(self._finish(partition), MIN_TIMESTAMP, [GlobalWindow()])
         self._partitions = {}
-        yield from self._counts_output()
 
     def _finish(self, partition: int) -> PartitionOutput:
         packer, ledger = self._partitions[partition]
@@ -231,19 +224,13 @@ class _PreparedBatch:
 class _PrepareFn(_WriterCore, beam.DoFn):
     """Keyed mode, before the shuffle: encode changed images, drop pixels, key by partition."""
 
-    def start_bundle(self):
-        self._begin()
-
-    def process(self, batch: ImageBatch) -> Iterator:
+    def process(self, batch: ImageBatch, output_ready=None) -> Iterator:
         # ImageBatch -> (partition, _PreparedBatch); tagged: records, the batch as written
         started = time.perf_counter()
         prepared, records = yield from self._prepared(batch)
         perfs = yield from self._written(batch, prepared, started)
         yield batch.origin.partition, _PreparedBatch(batch.origin, batch.dataset_name,
                                                      [image.without_pixels() for image in prepared], records, perfs)
-
-    def finish_bundle(self):
-        yield from self._counts_output()
 
 
 class _PackPartitionFn(_WriterCore, beam.DoFn):
@@ -273,7 +260,7 @@ class _PackPartitionFn(_WriterCore, beam.DoFn):
                 if closed is not None:
                     ledger.shards.append(closed)
             ledger.records += batch.records
-            ledger.add_counts(batch.perfs)
+            ledger.add_perfs(batch.perfs)
         closed = packer.finish()
         if closed is not None:
             ledger.shards.append(closed)
@@ -281,59 +268,29 @@ class _PackPartitionFn(_WriterCore, beam.DoFn):
 
 
 class _CommitFn(beam.DoFn):
-    """The last step: rename the pairs no partition commit renamed (random names), remove what an
-    overwritten run left, and remove the temporary directory."""
+    """The last step: rename the pairs no partition commit renamed (random names), and remove the
+    temporary directory."""
 
-    def __init__(self, output_dir: str, temp_dir: str, overwrite: bool):
+    def __init__(self, output_dir: str, temp_dir: str):
         self._output_dir = output_dir
         self._temp_dir = temp_dir
-        self._overwrite = overwrite
 
     def process(self, partitions: list[PartitionOutput]) -> Iterator[FileGroupTask]:
         # [PartitionOutput] (every partition written) -> FileGroupTask per final pair
         committed = commit_shards([shard for part in partitions if not part.committed for shard in part.shards],
                                   self._output_dir,
                                   already_final=[shard for part in partitions if part.committed for shard in part.shards])
-        final_names = set()
         for shard in committed:
-            files = final_files(shard, self._output_dir)
-            final_names.update(files)
             counter("tars_written").inc()
             counter("images_committed").inc(shard.num_images)
-            yield FileGroupTask(task_id=shard.basename, dataset_name=shard.dataset_name, data=files,
-                                _metadata={"num_images": shard.num_images})
-        if self._overwrite:
-            stale = [path for path in existing_shards(self._output_dir) if path not in final_names]
-            stale += _stale_partition_files(self._output_dir, partitions)
-            if stale:
-                _LOG.info("overwrite: removing %d old file(s) from %s", len(stale), self._output_dir)
-                storage.delete_tree(stale)
+            yield FileGroupTask(task_id=shard.basename, dataset_name=shard.dataset_name,
+                                data=final_files(shard, self._output_dir), _metadata={"num_images": shard.num_images})
         storage.delete_tree([self._temp_dir])
 
 
-def _stale_partition_files(output_dir: str, partitions: list[PartitionOutput]) -> list[str]:
-    """Manifests and record files in output_dir that no partition of this run wrote."""
-    digests = {part.digest for part in partitions if part.committed}
-    records = {part.records_digest for part in partitions}
-    stale = [path for path in existing_manifests(output_dir) if name_digest(path) not in digests]
-    for directory in RECORD_DIRS:
-        stale += [path for path in storage.match_files(storage.join(output_dir, directory, "*.parquet"))
-                  if name_digest(path) not in records]
-    return stale
-
-
-def existing_shards(output_dir: str) -> list[str]:
-    """The shard files (tar, parquet, index) of a previous run in output_dir."""
-    found = []
-    for extension in ("tar", "parquet", "idx"):
-        found += storage.match_files(storage.join(output_dir, f"{SHARD_PREFIX}-*.{extension}"))
-    return sorted(found)
-
-
-def existing_manifests(output_dir: str) -> list[str]:
-    """The manifests of committed partitions in output_dir (`_partitions/*.json`)."""
-    return [path for path in storage.match_files(storage.join(output_dir, PARTITIONS_DIR, "*.json"))
-            if not path.rsplit("/", 1)[-1].startswith(".")]
+def _prepare_output(_, output_dir: str, mode: str, temp_dir: str) -> int:
+    """The writer's first step (see the module): the number of files removed."""
+    return len(directory.prepare(output_dir, mode, own_temp_dir=temp_dir))
 
 
 def _ancestors(applied):
@@ -397,7 +354,8 @@ class ImageWriterStage(beam.PTransform):
         image_data (the original bytes stay), so stages after the writer do not hold the pixels.
       jpeg_quality: quality of images re-encoded because a stage changed their pixels.
       force_reencode: re-encode every image from its pixels, even those no stage changed.
-      overwrite: replace the shards of an earlier run in output_dir instead of stopping.
+      overwrite: remove what an earlier run wrote into output_dir before writing (the writer's first
+        step), instead of stopping (beam_curator.output.directory).
       write_index: also write DALI's index (`wds2idx` format) of each tar as `{name}.idx`.
       output_format: None (default) writes each image member as it came; "jpg" makes every image a
         `.jpg` member (JPEG bytes pass through, other formats are encoded at jpeg_quality), so that
@@ -410,9 +368,9 @@ class ImageWriterStage(beam.PTransform):
       write_embeddings: False leaves the parquet's `embedding` column empty: the embeddings were
         computed for filters only (`curate` without --embed).
       resume: the output holds partitions an earlier run of the same job committed (their manifests
-        under `_partitions/`); keep them instead of stopping. The job must skip those partitions
-        and remove what the earlier run left of the others first: `curate --resume` does both
-        (beam_curator.output.resume). Needs deterministic_name=True; not with overwrite.
+        under `_partitions/`); keep them, and remove what the earlier run left of the others, instead
+        of stopping. The job must not read the committed partitions again: `curate --resume` skips
+        them (beam_curator.output.resume). Needs deterministic_name=True; not with overwrite.
       job_options: what the job records of its options in each partition's manifest (the options
         that shape the output), which --resume compares; JSON-serialisable, no timings.
 
@@ -491,49 +449,45 @@ class ImageWriterStage(beam.PTransform):
         self._with_written = True
         return self
 
+    @property
+    def output_mode(self) -> str:
+        """How the writer's first step prepares output_dir (beam_curator.output.directory.MODES)."""
+        return "resume" if self.resume else "overwrite" if self.overwrite else "new"
+
     def expand(self, batches):
-        if not self.overwrite and not self.resume:
-            manifests = existing_manifests(self.output_dir)
-            if manifests:
-                raise FileExistsError(
-                    f"{self.output_dir} holds {len(manifests)} partition(s) an earlier run committed (under "
-                    f"{PARTITIONS_DIR}/): finish that run with --resume (resume=True; same input and options), "
-                    "replace it with --overwrite (overwrite=True), or choose another output directory")
-            existing = existing_shards(self.output_dir)
-            if existing:
-                raise FileExistsError(
-                    f"{self.output_dir} already holds {len(existing)} shard file(s) of an earlier run "
-                    f"(e.g. {existing[0]}); choose another output directory or pass overwrite=True (--overwrite)"
-                )
         temp_dir = storage.join(self.output_dir, f"{TEMP_DIR_PREFIX}{uuid.uuid4().hex}")
         self.temp_dir = temp_dir  # the CLI records who owns it (beam_curator.output.leftovers)
+        # The first step: the output directory made ready; every writing step waits for it.
+        ready = beam.pvalue.AsSingleton(
+            batches.pipeline | "OutputDirectory" >> beam.Create([None])
+            | "PrepareOutput" >> beam.Map(_prepare_output, self.output_dir, self.output_mode, temp_dir))
         why = fusion_break(batches) if self.mode == "auto" else None
         self.resolved_mode = self.mode if self.mode != "auto" else "keyed" if why else "fused"
         if why and self.mode == "auto":
             _LOG.info("%s: keyed mode, because %s", self.stage_name, why)
-        tags = (WRITTEN_TAG, FAILURES_TAG, FILTERED_TAG, COUNTS_TAG)
+        tags = (WRITTEN_TAG, FAILURES_TAG, FILTERED_TAG)
         if self.resolved_mode == "fused":
-            # ImageBatch -> PartitionOutput (main); tagged: written, failures, filtered, counts
-            outputs = batches | "WriteShards" >> beam.ParDo(_WriteShardsFn(self, temp_dir)).with_outputs(
+            # ImageBatch -> PartitionOutput (main); tagged: written, failures, filtered
+            outputs = batches | "WriteShards" >> beam.ParDo(_WriteShardsFn(self, temp_dir), ready).with_outputs(
                 *tags, main="partitions")
             partitions = outputs.partitions
         else:
             # ImageBatch -> (partition, _PreparedBatch) -> (partition, [_PreparedBatch]) -> PartitionOutput
-            outputs = batches | "Prepare" >> beam.ParDo(_PrepareFn(self)).with_outputs(*tags, main="keyed")
+            outputs = batches | "Prepare" >> beam.ParDo(_PrepareFn(self), ready).with_outputs(*tags, main="keyed")
             partitions = (outputs.keyed
-                      | "GroupByPartition" >> beam.GroupByKey()
-                      | "PackPartitions" >> beam.ParDo(_PackPartitionFn(self, temp_dir)))
+                          | "GroupByPartition" >> beam.GroupByKey()
+                          | "PackPartitions" >> beam.ParDo(_PackPartitionFn(self, temp_dir)))
         files = (
             partitions
             | "CollectCommitted" >> beam.combiners.ToList()  # [PartitionOutput], once
-            | "Commit" >> beam.ParDo(_CommitFn(self.output_dir, temp_dir, self.overwrite))  # FileGroupTask
+            | "Commit" >> beam.ParDo(_CommitFn(self.output_dir, temp_dir))  # FileGroupTask
         )
         return WriteResult(
             files=files,
+            partitions=partitions,
             written=outputs[WRITTEN_TAG] if self._with_written else None,
             failures=outputs[FAILURES_TAG] if self._with_failures else None,
             filtered=outputs[FILTERED_TAG] if self._with_failures else None,
-            counts=outputs[COUNTS_TAG],
         )
 
     def display_data(self):

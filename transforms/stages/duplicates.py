@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 
-from apache_beam.utils import shared
-
-from beam_curator.dedup.removal import RemovalList
-from beam_curator.tasks import ImageBatch
+from beam_curator.dedup.removal import RemovalList, check_matches
+from beam_curator.tasks import FileGroupTask, ImageBatch
+from beam_curator.transforms.per_process import PerProcess
 from beam_curator.transforms.stages.kit import CurationStage, Dropped, Failed, StageOutcome
 
 __all__ = ["ImageDuplicatesRemovalStage", "ImagePHashStage"]
@@ -46,18 +46,12 @@ class ImagePHashStage(CurationStage):
         return outcome
 
 
-class _RemovalHandle:
-    """A process's removal list (through Shared: one copy for all its threads)."""
-
-    def __init__(self, removal: RemovalList):
-        self.removal = removal
-
-
 class ImageDuplicatesRemovalStage(CurationStage):
     """Drops the images whose image_id is in `removal_parquets_dir/*.parquet`'s column
     `duplicate_id_field` (what `beam-curator dedup` writes), as NeMo Curator's stage of that name; each
-    becomes a FilterRecord (stage `image_dedup_filter`). The list is loaded once per worker process,
-    as sorted 64-bit digests (beam_curator.dedup.removal): 10 million ids take 80 MB."""
+    becomes a FilterRecord (stage `image_dedup_filter`) naming the image kept in its place (`kept_id`)
+    and the method. The list is loaded once per worker process, as sorted 64-bit digests
+    (beam_curator.dedup.removal). check_input() tells, before a run, a list that matches nothing."""
 
     def __init__(self, removal_parquets_dir: str, duplicate_id_field: str = "id", verbose: bool = False, *,
                  name: str = "image_dedup_filter"):
@@ -70,19 +64,31 @@ class ImageDuplicatesRemovalStage(CurationStage):
         self.removal_parquets_dir = removal_parquets_dir
         self.duplicate_id_field = duplicate_id_field
         self.verbose = verbose
-        self._shared = shared.Shared()
+        self.listed: int | None = None  # set by check_input
+        self._lists = PerProcess("removal_lists_loaded")
+
+    def check_input(self, partitions: Sequence[FileGroupTask]) -> int:
+        """Before the run (on the launcher): how many ids the list holds; ValueError when none of them
+        can be an image of these partitions (see beam_curator.dedup.removal.check_matches)."""
+        self.listed = check_matches(self.removal_parquets_dir, partitions, self.duplicate_id_field)
+        return self.listed
 
     def setup(self) -> None:
-        self._handle = self._shared.acquire(
-            lambda: _RemovalHandle(RemovalList.load(self.removal_parquets_dir, self.duplicate_id_field)),
+        self._held = self._lists.acquire(
+            lambda: RemovalList.load(self.removal_parquets_dir, self.duplicate_id_field),
             tag=(self.removal_parquets_dir, self.duplicate_id_field))
 
     def process_batch(self, batch: ImageBatch) -> StageOutcome:
+        self._held.report_build()
         started = time.perf_counter()
-        listed = self._handle.removal.contains([obj.image_id for obj in batch.data])
-        outcome = StageOutcome(kept=[obj for obj, remove in zip(batch.data, listed) if not remove])
-        outcome.dropped = [Dropped(obj, reason=f"listed as a duplicate in {self.removal_parquets_dir}")
-                           for obj, remove in zip(batch.data, listed) if remove]
+        found = self._held.value.lookup([obj.image_id for obj in batch.data])
+        outcome = StageOutcome(kept=[obj for obj, hit in zip(batch.data, found) if hit is None])
+        for obj, hit in zip(batch.data, found):
+            if hit is not None:
+                kept_id, method = hit
+                reason = (f"a {method or 'listed'} duplicate of {kept_id}" if kept_id
+                          else f"listed as a duplicate in {self.removal_parquets_dir}")
+                outcome.dropped.append(Dropped(obj, reason=reason, kept_id=kept_id, method=method))
         if self.verbose:
             _LOG.info("%s: %d of %d images of %s removed (%.3f s)", self.stage_name, len(outcome.dropped),
                       batch.num_items, batch.task_id, time.perf_counter() - started)

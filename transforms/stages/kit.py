@@ -48,6 +48,8 @@ class Dropped:
     reason: str
     score: float | None = None
     threshold: float | None = None
+    kept_id: str | None = None  # a removed duplicate: the image kept in its place
+    method: str | None = None  # a removed duplicate: how it was found
 
 
 @dataclass
@@ -122,7 +124,7 @@ def _filter_record(stage: str, dropped: Dropped, with_thumbnail: bool) -> Filter
                         reason=str(dropped.reason),
                         score=None if dropped.score is None else float(dropped.score),
                         threshold=None if dropped.threshold is None else float(dropped.threshold),
-                        thumbnail=thumbnail)
+                        thumbnail=thumbnail, kept_id=dropped.kept_id, method=dropped.method)
 
 
 def _failure_record(stage: str, failed: Failed) -> FailureRecord:
@@ -132,7 +134,7 @@ def _failure_record(stage: str, failed: Failed) -> FailureRecord:
     error_class, message = (type(error).__name__, str(error)) if isinstance(error, BaseException) else (
         "StageError", str(error))
     return FailureRecord(source=source, member=member, key=obj.key, stage=stage, scope="sample",
-                         error_class=error_class, message=message)
+                         error_class=error_class, message=message, image_id=obj.image_id)
 
 
 class _StageFn(beam.DoFn):
