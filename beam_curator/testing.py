@@ -19,16 +19,13 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
+from beam_curator.errors import JobFailed, StageContractError
 from beam_curator.output.layout import FAILURES_DIR, FILTERED_DIR
 from beam_curator.output.stats import RunStats
 
 __all__ = ["TWO_WORKERS", "StageContractError", "check_stage_contract"]
 
 TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
-
-
-class StageContractError(AssertionError):
-    """A stage broke the contract of docs/STAGES.md."""
 
 
 def _rows(pattern: str, *names: str) -> list[dict]:
@@ -52,7 +49,12 @@ def check_stage_contract(stage, directory: str, *, shards: int = 3, images_per_s
     source, output = os.path.join(directory, "input"), os.path.join(directory, "output")
     make_sample_dataset(source, shards=shards, images_per_shard=images_per_shard)
     options = {"images_per_tar": 4, "dali_batch_size": 4, **options}
-    stats = curate(source, output, stages=[stage], pipeline_args=list(pipeline_args), **options)
+    try:
+        stats = curate(source, output, stages=[stage], pipeline_args=list(pipeline_args), **options)
+    except JobFailed as error:  # the stage kit found the breach while the job ran
+        if StageContractError.__name__ not in str(error):
+            raise
+        raise StageContractError(str(error).split(f"{StageContractError.__name__}: ", 1)[-1]) from error
     problems = []
     if not stats.reconciles:
         problems.append(stats.reconciliation())

@@ -32,7 +32,7 @@ TARGET = 0.85
 
 def exported_model_dir(data: str, size: str, fp16: bool) -> str:
     """A random CLIP of that size and its heads, exported once (cached in benchmarks/data)."""
-    from tests.support import tiny_models
+    from beam_curator.models import tiny as tiny_models
 
     base = os.path.join(data, f"models-{size}")
     exported = os.path.join(base, "exported-fp16" if fp16 else "exported")

@@ -32,7 +32,7 @@ def exported_models(tmp_path_factory):
     """A tiny random CLIP (Hugging Face format) and the two heads at their real sizes, exported with
     `beam-curator export-models`: (model_dir, clip_dir, head paths)."""
     from beam_curator import cli
-    from tests.support.tiny_models import make_clip_checkpoint, make_heads
+    from beam_curator.models.tiny import make_clip_checkpoint, make_heads
 
     root = tmp_path_factory.mktemp("models")
     clip_dir = make_clip_checkpoint(str(root / "clip"))

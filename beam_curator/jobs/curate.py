@@ -1,7 +1,9 @@
-"""The curate job: partition -> read -> your stages -> write, plus the records and `_stats.json`.
+"""The curate job: partition -> read -> your stages -> write, plus the records, `_stats.json`, the
+report and `_SUCCESS`.
 
 `curate(inputs, output, stages=[...], **options)` is the Python entry point; the `beam-curator curate`
-command and the Flex Template build the same pipeline with build_pipeline.
+and `prune` commands and the Flex Template build the same pipeline with build_pipeline. Options come
+from one table (beam_curator.jobs.options); messages name them as the caller spelled them.
 """
 
 from __future__ import annotations
@@ -16,24 +18,22 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from beam_curator.jobs.options import CLI, ISOLATE_DECODER, PYTHON, SCORES, Spelling, from_python, shaping_values
 from beam_curator.jobs.worker_output import worker_chatter_filtered
 from beam_curator.output.leftovers import find_leftovers, make_progress_dir, remove_stale_progress_dirs, write_owner
 from beam_curator.output.stats import RunStats
 
-__all__ = ["DEFAULT_RUNNER", "SCORES", "build_curation_stages", "build_model_stages", "build_pipeline", "build_stages",
-           "curate", "load_stage", "run"]
+__all__ = ["DEFAULT_RUNNER", "build_curation_stages", "build_model_stages", "build_pipeline", "build_stages",
+           "curate", "load_stage", "prune_options", "run"]
 
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
 _IN_PROCESS_RUNNERS = _LOCAL_RUNNERS - {"PortableRunner"}  # the job dies with the CLI's process
-ISOLATE_DECODER = {"auto": None, "always": True, "never": False}  # ImageReaderStage(isolate_decoder)
-SCORES = ("aesthetic", "nsfw", "clip")  # curate --scores
-# Options that change how a run goes, not what it writes; every other option shapes the output and
-# is recorded in each partition's manifest, and --resume refuses a run whose options differ.
-_RUN_ONLY_OPTIONS = {"command", "inputs", "output", "overwrite", "resume", "progress", "report", "wait", "log_level",
-                     "reader_verbose", "writer_verbose", "num_threads", "dali_batch_size", "max_failed_fraction",
-                     "model_batch_size", "writer_mode", "num_gpus_per_worker", "isolate_decoder"}
 _LOG = logging.getLogger(__name__)
+
+
+def _spelling(args: argparse.Namespace) -> Spelling:
+    return getattr(args, "spelling", CLI)
 
 
 def load_stage(spec: str):
@@ -70,11 +70,8 @@ def load_stage(spec: str):
 
 def job_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of a curate run that shape its output (what each partition's manifest records), as
-    JSON values (curate()'s caller may pass a Path or a tuple: recorded as text or a list)."""
-    import json
-
-    shaping = {name: value for name, value in sorted(vars(args).items()) if name not in _RUN_ONLY_OPTIONS}
-    return json.loads(json.dumps(shaping, default=str))
+    JSON values (the table says which: beam_curator.jobs.options)."""
+    return shaping_values("curate", vars(args))
 
 
 def build_stages(args: argparse.Namespace, *, progress_dir: str | None = None):
@@ -141,19 +138,11 @@ def build_curation_stages(args: argparse.Namespace) -> list:
 def build_model_stages(args: argparse.Namespace) -> list:
     """The model stages `curate` args ask for, in order: ImageEmbeddingStage, then the aesthetic, NSFW
     and CLIP-score stages that --scores or a threshold name. Empty without --model-dir (and then
-    nothing model-related is imported); ValueError for model options without it."""
+    nothing model-related is imported). The options were checked (jobs.options.check_dependencies)."""
     scores = [name.strip() for name in (args.scores or "").split(",") if name.strip()]
-    unknown = sorted(set(scores) - set(SCORES))
-    if unknown:
-        raise ValueError(f"--scores takes a comma-separated list of {', '.join(SCORES)}; unknown: {', '.join(unknown)}")
     thresholds = {"aesthetic": args.aesthetic_threshold, "nsfw": args.nsfw_threshold, "clip": args.clip_score_threshold}
     wanted = [name for name in SCORES if name in scores or thresholds[name] is not None]
     if not args.model_dir:
-        asked = ([f"--scores {args.scores}"] if scores else []) + (["--embed"] if args.embed else []) + [
-            f"--{name.replace('clip', 'clip-score')}-threshold" for name in SCORES if thresholds[name] is not None]
-        if asked:
-            raise ValueError(f"{', '.join(asked)} {'needs' if len(asked) == 1 else 'need'} --model-dir MODEL_DIR "
-                             "(the directory `beam-curator export-models` wrote)")
         return []
     from beam_curator.transforms import (
         ImageAestheticFilterStage,
@@ -205,33 +194,38 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
                   + list(stages))
     partitioning, image_reader, writer = build_stages(args, progress_dir=progress_dir)
     reader = reader or image_reader
+    spell = _spelling(args)
+    total_shards = sum(len(task.data) for task in partitioning.partitions())  # first: is an input inside the output?
     state = directory.inspect(args.output)
-    directory.check(state, writer.output_mode)
-    total_shards = sum(len(task.data) for task in partitioning.partitions())
+    directory.check(state, writer.output_mode, overwrite_flag=spell.setting("overwrite"),
+                    resume_flag=spell.setting("resume"))
     resume = ResumePlan()
     if writer.resume:
         resume = plan_resume(state, partitioning.partitions(), writer.packing_options.naming_options(),
-                             writer.job_options)
+                             writer.job_options, spell=spell)
         partitioning.skip(resume.skip)
+    if hasattr(reader, "check_input"):
+        reader.check_input(partitioning.partitions())
     checked = {}
     for stage in all_stages:
         check = getattr(stage, "check_input", None)
         if check is not None:  # a stage that can tell before the run whether it will do anything
             checked[getattr(stage, "stage_name", stage.label)] = check(partitioning.partitions())
-    batches = (pipeline | "FilePartitioning" >> partitioning
-               | "ImageReader" >> reader.with_exception_handling(threshold=args.max_failed_fraction)).batches
+    batches = pipeline | "FilePartitioning" >> partitioning | "ImageReader" >> reader
     for index, stage in enumerate(all_stages):
         batches = batches | _stage_label(stage, index) >> stage  # ImageBatch -> ImageBatch
     # The writer writes each partition's records (the reader's included) with the partition's commit.
     written = batches | "ImageWriter" >> writer
-    options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command")}
+    options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command",
+                                                                                          "spelling")}
     options["stages"] = [getattr(stage, "stage_name", None) or stage.label for stage in all_stages]
     if checked:
         options["checked"] = checked  # e.g. how many ids a removal list holds (the CLI says how many matched)
     pipeline | "RunStats" >> WriteRunStats(
         args.output, partitions=written.partitions, after=[written.files], shards=total_shards, started=time.time(),
         inputs=args.inputs, options=options, version=__version__, committed=resume.counts(),
-        resumed=resume.summary() if writer.resume else None)
+        resumed=resume.summary() if writer.resume else None, max_failed_fraction=args.max_failed_fraction,
+        failure_option=spell.setting("max_failed_fraction", args.max_failed_fraction), report=args.report)
     skipped_shards = sum(len(manifest.source_files) for manifest in resume.manifests)
     return pipeline, total_shards - skipped_shards, writer
 
@@ -262,7 +256,11 @@ def _beam_option(beam_args: Sequence[str], name: str) -> str | None:
 
 
 def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = (), reader=None) -> RunStats | None:
-    """Run the job; its RunStats (as the job wrote them to `_stats.json`), or None with --no-wait."""
+    """Run the job; its RunStats (as the job wrote them to `_stats.json`), or None with --no-wait.
+    A job that fails on its workers raises JobFailed (FailureThresholdExceeded when too many samples
+    failed); on a local runner `_stats.json` then says `status: failed` and why (the job's own last step
+    writes it when it gets that far), and the output has no `_SUCCESS`."""
+    from beam_curator.errors import JobFailed, job_error, one_line
     from beam_curator.jobs.progress import ProgressReporter
 
     runner = _beam_option(beam_args, "runner")
@@ -275,6 +273,7 @@ def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()
 
     reporter = None
     worker_processes = _beam_option(beam_args, "direct_running_mode") == "multi_processing"
+    started = time.time()
     try:
         pipeline, total_shards, writer = build_pipeline(args, beam_args, progress_dir=progress_dir, stages=stages,
                                                         reader=reader)
@@ -284,12 +283,20 @@ def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()
             reporter = ProgressReporter(progress_dir, total_shards, time.monotonic(), terminal) if progress_dir else None
             if reporter:
                 reporter.start()
-            result = pipeline.run()
-            if not args.wait:
-                return None
-            result.wait_until_finish()
-            if reporter:
-                reporter.stop()  # before the with block closes the stream it writes to
+            try:
+                result = pipeline.run()
+                if not args.wait:
+                    return None
+                result.wait_until_finish()
+            except Exception as error:
+                if job_error(error) is None:
+                    reason = one_line(error)
+                    _record_failure(args, reason, started)
+                    raise JobFailed(f"the job failed: {reason}") from error
+                raise
+            finally:
+                if reporter:
+                    reporter.stop()  # before the with block closes the stream it writes to
     finally:
         if reporter:
             reporter.stop()
@@ -300,26 +307,36 @@ def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()
     return read_stats(args.output)
 
 
+def _record_failure(args: argparse.Namespace, reason: str, started: float) -> None:
+    """A failed run's `_stats.json` (status failed, the reason, what its committed partitions counted)
+    and report, written by the launcher: the job did not get to its last step."""
+    from beam_curator.output.stats import write_failed_stats
+
+    try:
+        write_failed_stats(args.output, reason, started=started, inputs=list(args.inputs), report=bool(args.report))
+    except Exception:  # noqa: BLE001 - the run's own error is the one to report
+        _LOG.warning("could not record the failure in %s", args.output, exc_info=True)
+
+
+def prune_options(args: argparse.Namespace) -> argparse.Namespace:
+    """The curate job's options for a `prune` command: its own, and curate's defaults for the rest."""
+    own = {name: getattr(args, name) for name in ("inputs", "output", "remove_duplicates", "images_per_tar",
+                                                  "overwrite", "resume", "max_failed_fraction", "progress", "report",
+                                                  "wait", "log_level")}
+    options = from_python("curate", own)
+    options.command, options.spelling = "prune", _spelling(args)
+    return options
+
+
 def curate(inputs: str | Sequence[str], output: str, *, stages: Sequence = (), pipeline_args: Sequence[str] = (),
            **options: Any) -> RunStats:
     """Curate shards in Python: the `beam-curator curate` job, with `stages` (ImageBatch -> ImageBatch
     PTransforms) between reader and writer. options are the command's, with underscores
-    (images_per_tar=500, overwrite=True, ...); pipeline_args are Beam's (["--direct_num_workers=2"]).
-    Returns the run's RunStats; raises ValueError on an unknown option."""
-    import difflib
-
-    from beam_curator.cli import build_parser, curate_parser
-
-    parser = curate_parser(build_parser())
-    args = parser.parse_args([*([inputs] if isinstance(inputs, str) else list(inputs)), "--output", output])
-    known = vars(args)
-    for name, value in options.items():
-        if name in ("inputs", "output", "command") or name not in known:
-            guess = difflib.get_close_matches(name, list(known), n=1)
-            raise ValueError(f"curate() has no option {name!r}" + (f" (did you mean {guess[0]!r}?)" if guess else ""))
-        setattr(args, name, value)
-    args.command = "curate"
-    if options.get("progress") is None:
-        args.progress = False
-    stats = run(args, list(pipeline_args), stages=stages)
-    return stats
+    (images_per_tar=500, overwrite=True, ...; docs/CLI.md lists them); pipeline_args are Beam's
+    (["--direct_num_workers=2"]). Returns the run's RunStats. OptionError (a ValueError) names an
+    unknown option or an impossible value; JobFailed or FailureThresholdExceeded when the job fails."""
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    values = {"progress": False, **options, "inputs": [os.fspath(path) for path in given], "output": os.fspath(output)}
+    args = from_python("curate", values)
+    args.spelling = PYTHON
+    return run(args, list(pipeline_args), stages=stages)

@@ -115,7 +115,8 @@ def build_dedup_pipeline(args: argparse.Namespace, beam_args: list[str]):
     removed = found.duplicates | "Removed" >> beam.combiners.Count.Globally()
     groups = (found.duplicates | "KeptIds" >> beam.Map(lambda row: row["kept_id"]) | "Distinct" >> beam.Distinct()
               | "Groups" >> beam.combiners.Count.Globally())
-    options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command")}
+    options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command",
+                                                                                          "spelling")}
     summary = {"method": args.method, "keep": args.keep, "inputs": list(args.inputs), "parquet_files": len(files),
                "options": options, "version": __version__, "started": _utc(time.time())}
     if n_clusters is not None:

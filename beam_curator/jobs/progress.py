@@ -3,8 +3,10 @@ into a progress bar on a terminal, or a plain line every PROGRESS_EVERY_S second
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import logging
 import os
 import sys
 import threading
@@ -13,6 +15,40 @@ import time
 __all__ = ["PROGRESS_EVERY_S", "ProgressReporter"]
 
 PROGRESS_EVERY_S = 30.0  # a plain progress line when stderr is not a terminal
+
+
+class _AboveTheBar(logging.Handler):
+    """Writes a log record through tqdm, which clears the bar, prints the line and draws the bar again:
+    log lines and the bar never overwrite each other."""
+
+    def __init__(self, stream, formatter, filters):
+        super().__init__()
+        self._stream = stream
+        self.setFormatter(formatter)
+        for one in filters:
+            self.addFilter(one)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self._stream)
+        except Exception:  # noqa: BLE001 - logging must not fail the run
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _log_lines_above(bar):
+    """While the bar shows, the root logger's stderr handlers write through tqdm (_AboveTheBar)."""
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    root.handlers[:] = [_AboveTheBar(bar.fp, handler.formatter, handler.filters)
+                        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__)
+                        else handler for handler in saved]
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
 
 
 class ProgressReporter(threading.Thread):
@@ -34,7 +70,8 @@ class ProgressReporter(threading.Thread):
             return
         from tqdm import tqdm
 
-        with tqdm(total=self._total, unit="shard", file=self._stream, dynamic_ncols=True, leave=False) as bar:
+        with tqdm(total=self._total, unit="shard", file=self._stream, dynamic_ncols=True, leave=False) as bar, \
+                _log_lines_above(bar):
             while True:
                 stopping = self._done.wait(1.0)
                 shards, images = self.read()

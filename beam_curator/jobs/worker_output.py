@@ -3,8 +3,10 @@
 With `--direct_running_mode=multi_processing` Beam starts worker processes that inherit the CLI's
 stderr and log about 20 lines of harness start-up and shut-down each, at INFO, with their own logging
 set-up (the CLI's does not reach them). While such a job runs, the CLI's stderr goes through a pipe,
-and lines of that chatter are dropped; everything else (warnings, failures, beam_curator's own lines)
-passes through unchanged. `--log-level debug` turns the filter off.
+and lines of that chatter are dropped; so is the traceback a worker logs when a step fails (Beam's own
+ERROR record, with its continuation lines): the job's failure reaches the CLI, which prints it in one
+line. Everything else (warnings, beam_curator's own lines) passes through unchanged. `--log-level
+debug` turns the filter off.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import threading
 
 __all__ = ["worker_chatter_filtered"]
 
+_BEAM_ERROR = re.compile(rb"^ERROR:apache_beam\.")  # a worker's log of a failed step, traceback follows
+_RECORD_START = re.compile(rb"^(?:[A-Z]+:[\w.]+:|\d{4}-\d\d-\d\d )")  # the start of any log record
 _CHATTER = re.compile(
     rb"^(?:(?:INFO|DEBUG):(?!beam_curator)"  # the harness's and Beam's INFO lines, not ours
     rb"|WARNING:root:apitools not found"  # about a GCP client the job does not use
@@ -39,9 +43,12 @@ def worker_chatter_filtered(enabled: bool):
     terminal = os.fdopen(os.dup(original), "w", buffering=1)
 
     def pump() -> None:
+        in_error = False  # inside a worker's error record (its traceback lines)
         with os.fdopen(read_end, "rb") as lines:
             for line in lines:  # until every holder of the write end (workers included) has closed it
-                if not _CHATTER.match(line):
+                if _RECORD_START.match(line) or line.startswith(b"beam-curator"):
+                    in_error = bool(_BEAM_ERROR.match(line))
+                if not in_error and not _CHATTER.match(line):
                     os.write(original, line)
 
     thread = threading.Thread(target=pump, name="beam_curator-worker-output", daemon=True)

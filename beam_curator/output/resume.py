@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from beam_curator.errors import CLI, Spelling
 from beam_curator.output.directory import OutputState
 from beam_curator.output.layout import RECORD_DIRS, TEMP_DIR_PREFIX, name_digest, partition_hash, records_digest
 from beam_curator.output.manifest import PartitionManifest, read_manifests
@@ -72,35 +73,37 @@ def _sources(task: FileGroupTask) -> list[str]:
 
 
 def plan_resume(state: OutputState, partitions: Sequence[FileGroupTask], naming_options: Mapping[str, Any],
-                job_options: Mapping[str, Any], *, overwrite_flag: str = "--overwrite") -> ResumePlan:
+                job_options: Mapping[str, Any], *, spell: Spelling = CLI) -> ResumePlan:
     """Find the partitions an earlier run into the output committed. naming_options: the writer's
     (PackingOptions.naming_options()); job_options: what this run records in its manifests. ValueError
     when the output is not an earlier run of this same job: a manifest of a partition this run does not
-    have, other options, or files no partition of this run would write."""
+    have, other options, or files no partition of this run would write. spell: how the caller's user
+    names an option (jobs.options.Spelling)."""
     output_dir = state.path
+    resume, overwrite = spell("resume"), spell.setting("overwrite")
     digests = {partition_hash(_sources(task), dict(naming_options), deterministic=True): index
                for index, task in enumerate(partitions)}
     manifests = read_manifests(output_dir)
     foreign = [manifest for manifest in manifests if manifest.partition not in digests]
     if foreign:
         raise ValueError(
-            f"--resume: {output_dir} holds {len(foreign)} committed partition(s) that this run does not have (e.g. "
+            f"{resume}: {output_dir} holds {len(foreign)} committed partition(s) that this run does not have (e.g. "
             f"the one of {', '.join(foreign[0].source_files)}; this run's first is of "
             f"{', '.join(_sources(partitions[0])) if partitions else 'nothing'}): "
-            "resume with the inputs, --files-per-partition and writer options of the run that wrote it, or start "
-            f"again with {overwrite_flag}")
+            f"resume with the inputs, {spell('files_per_partition')} and writer options of the run that wrote it, or "
+            f"start again with {overwrite}")
     for manifest in manifests:
         differences = _differences(manifest.options, job_options)
         if differences:
-            raise ValueError(f"--resume: the run that committed {output_dir} had other options ("
+            raise ValueError(f"{resume}: the run that committed {output_dir} had other options ("
                              f"{'; '.join(differences)}); resume with the same options, or start again with "
-                             f"{overwrite_flag}")
+                             f"{overwrite}")
     strangers = _not_of_this_job(state, set(digests), {records_digest(_sources(task)) for task in partitions})
     if strangers:
         raise ValueError(
-            f"--resume: {output_dir} holds {len(strangers)} file(s) that no partition of this run would write (e.g. "
+            f"{resume}: {output_dir} holds {len(strangers)} file(s) that no partition of this run would write (e.g. "
             f"{strangers[0]}): written by a run with other inputs or options, random names or an older version; "
-            f"resume with the inputs and options of the run that wrote them, or start again with {overwrite_flag}")
+            f"resume with the inputs and options of the run that wrote them, or start again with {overwrite}")
     plan, keep = ResumePlan(), set()
     for manifest in manifests:
         wrong = manifest.complete_in(output_dir, state.sizes)

@@ -23,7 +23,7 @@ from beam_curator.output.layout import STATS_FILE
 from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.tasks import StagePerf
 
-__all__ = ["STATS_FILE", "Counts", "RunStats", "Timings"]
+__all__ = ["STATS_FILE", "Counts", "RunStats", "Timings", "write_failed_stats", "write_success"]
 
 # Figures only the readers count; summed over the stages that report them.
 READER_COUNTS = ("samples_read", "images_decoded", "shards_read", "images_decoded_by_pillow")
@@ -146,6 +146,9 @@ class RunStats:
     # With --resume: what an earlier run had committed, which this run skipped and counts from its
     # manifests (partitions, shards, samples_read, images_written); every other figure covers both runs.
     resumed: dict[str, int] = field(default_factory=dict)
+    status: str = "succeeded"  # or "failed": then reason says why, and the output has no _SUCCESS
+    reason: str = ""
+    report: str = ""  # the run report's path, when the job wrote one
 
     @property
     def reconciles(self) -> bool:
@@ -174,6 +177,20 @@ class RunStats:
             lines.append(f"  {stage}: {self.filtered_by_stage.get(stage, 0)} filtered, "
                          f"{self.failed_by_stage.get(stage, 0)} failed")
         return lines
+
+    def warnings(self) -> list[str]:
+        """What a run that succeeded should still tell its user: damaged shards, nothing written."""
+        found = []
+        if self.shards_failed:
+            found.append(f"{self.shards_failed} of {self.shards} shard(s) could not be read to their end (damaged "
+                         "or missing; what was read before the damage is in the output): see _failures/")
+        if self.samples_read and not self.images_written:
+            what = "filtered" if self.images_filtered and not self.images_failed else "failed or filtered"
+            found.append(f"no image was written: all {self.samples_read} samples read {what} (see _filtered/ and "
+                         "_failures/)")
+        elif self.images_failed:
+            found.append(f"{self.images_failed} sample(s) failed (see _failures/)")
+        return found
 
     def reconciliation(self) -> str:
         verdict = "ok" if self.reconciles else "MISMATCH: samples are unaccounted for"
@@ -224,3 +241,44 @@ class RunStats:
             failed_by_stage=dict(sorted(counts.failed_by_stage.items())),
             **about,
         )
+
+
+def _utc(seconds: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_success(output_dir: str) -> str:
+    """`DIR/_SUCCESS`, written last and only when the run succeeded (the Hadoop convention: loaders
+    check for it before reading). Not empty: Beam's S3 client cannot write an empty object."""
+    from beam_curator import storage
+    from beam_curator.output.layout import SUCCESS_FILE
+
+    return storage.write_atomically(storage.join(output_dir, SUCCESS_FILE), b"beam-curator\n")
+
+
+def write_failed_stats(output_dir: str, reason: str, *, started: float, inputs: list[str], report: bool) -> RunStats:
+    """`_stats.json` of a run that failed before its last step: status failed, the reason, and the
+    counts of the partitions it committed (from their manifests); the report too when asked. Written
+    by the launcher, so on local runners and `--wait` runs only."""
+    import time
+
+    from beam_curator import storage
+    from beam_curator.output.manifest import read_manifests
+
+    counts = Counts.total(manifest.typed_counts() for manifest in read_manifests(output_dir))
+    finished = time.time()
+    stats = RunStats.from_counts(counts, timings={}, shards=0, seconds=finished - started, started=_utc(started),
+                                 finished=_utc(finished), inputs=inputs, status="failed",
+                                 reason=f"{reason} (the figures count the partitions committed before it failed)")
+    if report:
+        from beam_curator.output.layout import REPORT_DIR
+
+        stats.report = storage.join(output_dir, REPORT_DIR, "index.html")
+    storage.write_atomically(storage.join(output_dir, STATS_FILE), stats.to_json().encode())
+    if report:
+        from beam_curator.report.page import write_report
+
+        write_report(output_dir)
+    return stats

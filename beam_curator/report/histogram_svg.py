@@ -10,7 +10,7 @@ import numpy as np
 __all__ = ["histogram_svg"]
 
 WIDTH, HEIGHT = 420, 260
-_LEFT, _RIGHT, _TOP, _BOTTOM = 44, 12, 26, 34  # margins around the plot area
+_LEFT, _RIGHT, _TOP, _BOTTOM = 60, 12, 26, 34  # margins around the plot area (room for 8-digit counts)
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 BINS = 30
 
@@ -54,10 +54,12 @@ def histogram_svg(title: str, series: list[tuple[str, np.ndarray]], threshold: f
                     bar_h = plot_h * value / top
                     parts.append(f'<rect x="{_LEFT + position * bar_w:.1f}" y="{_TOP + plot_h - bar_h:.1f}" '
                                  f'width="{bar_w:.1f}" height="{bar_h:.1f}" fill="{color}" fill-opacity="0.65"/>')
-        fractions = (0.0, 0.5, 1.0)  # x ticks: low, middle, high
-        for fraction, label in zip(fractions, _labels([low + (high - low) * fraction for fraction in fractions])):
+        fractions = (0.0, 0.5, 1.0)  # x ticks: low, middle, high; the ends anchored inside, never clipped
+        anchors = ("start", "middle", "end")
+        for fraction, anchor, label in zip(fractions, anchors,
+                                           _labels([low + (high - low) * fraction for fraction in fractions])):
             parts.append(f'<text x="{_LEFT + plot_w * fraction:.1f}" y="{_TOP + plot_h + 14}" '
-                         f'text-anchor="middle">{label}</text>')
+                         f'text-anchor="{anchor}">{label}</text>')
         parts.append(f'<text x="{_LEFT - 4}" y="{_TOP + 8}" text-anchor="end">{top}</text>'
                      f'<text x="{_LEFT - 4}" y="{_TOP + plot_h}" text-anchor="end">0</text>')
         legend = [(f"{label} ({len(values)})", _COLORS[index % len(_COLORS)], False)

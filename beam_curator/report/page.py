@@ -64,7 +64,11 @@ def _columns(output: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(column, dtype=np.float64) for name, column in values.items()}
 
 
-def _plots(columns: dict[str, np.ndarray], filtered: list[dict]) -> list[dict]:
+_THRESHOLD_OPTIONS = {"aesthetic_score": "aesthetic_threshold", "nsfw_score": "nsfw_threshold",
+                      "clip_score": "clip_score_threshold"}
+
+
+def _plots(columns: dict[str, np.ndarray], filtered: list[dict], options: dict) -> list[dict]:
     width, height = columns["width"], columns["height"]
     with np.errstate(invalid="ignore", divide="ignore"):
         aspect = np.maximum(width, height) / np.minimum(width, height)
@@ -80,11 +84,11 @@ def _plots(columns: dict[str, np.ndarray], filtered: list[dict]) -> list[dict]:
         if not np.isfinite(columns[column]).any() and stage is None:
             continue
         series = [("written", columns[column])]
-        threshold = None
+        threshold = options.get(_THRESHOLD_OPTIONS[column])  # the run's, drawn even when nothing was dropped
         if stage is not None:
             rows = [row for row in filtered if row["stage"] == stage]
             series.append((f"dropped by {stage}", np.asarray([row["score"] for row in rows], dtype=np.float64)))
-            threshold = next((row["threshold"] for row in rows if row["threshold"] is not None), None)
+            threshold = next((row["threshold"] for row in rows if row["threshold"] is not None), threshold)
         plots.append({"name": column, "title": column, "svg": histogram_svg(column, series, threshold)})
     for stage in sorted({row["stage"] for row in filtered} - set(_STAGE_COLUMNS) - {DEDUP_STAGE}):
         # the other filters: what each dropped, on its own measure (none for a sample without a caption)
@@ -174,9 +178,20 @@ def _duplicate_sheet(output: str, rows: list[dict], removal_dir: str | None, she
                                           f"place{kept_by}", "images": images}
 
 
+def score_text(score: float, threshold: float | None) -> str:
+    """A score with as many digits as it takes to differ from its threshold (0.49999 against 0.5 is
+    not "0.5"), at least 5 significant ones."""
+    for digits in range(5, 17):
+        text = f"{score:.{digits}g}"
+        if threshold is None or score == threshold or float(text) != threshold and (
+                (float(text) < threshold) == (score < threshold)):
+            return text
+    return repr(score)
+
+
 def _record_sheet(rows: list[dict], title: str, name: str) -> dict:
-    images = [_image(row["thumbnail"], f"{row['score']:.5g}" if row["score"] is not None else row["key"],
-                     f"{row['image_id']}: {row['reason']}") for row in rows if row["thumbnail"]]
+    images = [_image(row["thumbnail"], score_text(row["score"], row["threshold"]) if row["score"] is not None
+                     else row["key"], f"{row['image_id']}: {row['reason']}") for row in rows if row["thumbnail"]]
     return {"name": name, "title": title, "images": images}
 
 
@@ -194,18 +209,36 @@ def _filter_sheets(output: str, filtered: list[dict], sheet_size: int, removal_d
         threshold = scored[0]["threshold"]
         # "Just below the bar" is the scores nearest the threshold: the highest when the filter keeps
         # high scores, the lowest when it keeps low ones (nsfw, max_* limits).
-        near, far = (scored[::-1], scored) if threshold is None or scored[-1]["score"] <= threshold else (scored, scored[::-1])
-        sheets.append(_record_sheet(near[:sheet_size], f"{stage}: dropped, nearest the threshold", f"{stage}-near"))
-        sheets.append(_record_sheet(far[:sheet_size], f"{stage}: dropped, farthest from the threshold", f"{stage}-far"))
+        near = scored[::-1] if threshold is None or scored[-1]["score"] <= threshold else scored
+        shown = near[:sheet_size]
+        far = [row for row in near[::-1] if row not in shown][:sheet_size]  # no image on both sheets
+        sheets.append(_record_sheet(shown, f"{stage}: dropped, nearest the threshold", f"{stage}-near"))
+        if far:
+            sheets.append(_record_sheet(far, f"{stage}: dropped, farthest from the threshold", f"{stage}-far"))
     return sheets
+
+
+def _in_pipeline_order(stats: RunStats) -> list[tuple[str, dict]]:
+    """The stages' figures in the order they ran: the reader, the curation stages as the run lists
+    them, the writer last (any other in name order before it)."""
+    listed = list((stats.options or {}).get("stages") or [])
+    readers = [name for name, figures in stats.stages.items() if "samples_read" in figures]
+    writers = [name for name, figures in stats.stages.items() if "written" in figures]
+    order = readers + [name for name in listed if name in stats.stages]
+    order += sorted(name for name in stats.stages if name not in order and name not in writers) + writers
+    return [(name, stats.stages[name]) for name in dict.fromkeys(order)]
 
 
 def write_report(output: str, *, sheet_size: int = SHEET_SIZE, seed: int = 0) -> str:
     """Write `{output}/_report/index.html` from the output alone; its path."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    with storage.open_read(storage.join(output, STATS_FILE)) as handle:
-        stats = RunStats.from_json(handle.read().decode())
+    try:
+        with storage.open_read(storage.join(output, STATS_FILE)) as handle:
+            stats = RunStats.from_json(handle.read().decode())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{output} has no run to report on (no {STATS_FILE}): give a directory curate or "
+                                "prune wrote") from None
     filtered = _read_parquet(storage.join(output, FILTERED_DIR, "*.parquet"))
     failures = _read_parquet(storage.join(output, FAILURES_DIR, "*.parquet"))
     sample_failures = [row for row in failures if row["scope"] == "sample"]
@@ -221,15 +254,16 @@ def write_report(output: str, *, sheet_size: int = SHEET_SIZE, seed: int = 0) ->
         failed_by_class=sorted(Counter(row["error_class"] for row in sample_failures).items()),
         filtered_by_stage=sorted(stats.filtered_by_stage.items()),
         dedup_stage=DEDUP_STAGE,
-        plots=_plots(_columns(output), filtered),
-        sheets=[{"name": "kept", "title": f"kept: a random sample of up to {sheet_size}",
+        plots=_plots(_columns(output), filtered, stats.options or {}),
+        sheets=[{"name": "kept", "title": f"kept: a random sample of up to {sheet_size} images, from at most "
+                                          f"{SAMPLE_TARS} tars",
                  "images": _kept_sheet(output, sheet_size, seed)}]
         + _filter_sheets(output, filtered, sheet_size, (stats.options or {}).get("remove_duplicates")),
         failures=failures[:FAILURES_SHOWN],
         failures_left_out=max(0, len(failures) - FAILURES_SHOWN),
         stage_rows=[(stage, {"seconds": figures.get("seconds"), "batches": figures.get("batches"),
                              "counts": ", ".join(f"{k} {v}" for k, v in figures.items() if k not in ("seconds", "batches"))})
-                    for stage, figures in sorted(stats.stages.items())],
+                    for stage, figures in _in_pipeline_order(stats)],
         options=sorted((name, json.dumps(value)) for name, value in (stats_dict.get("options") or {}).items()),
     )
     path = storage.join(output, REPORT_DIR, "index.html")

@@ -9,6 +9,7 @@ import pytest
 
 from beam_curator import cli
 from beam_curator.jobs import progress
+from beam_curator.jobs.curate import build_stages
 
 
 def test_make_sample_then_curate_reconciles(tmp_path, capsys, monkeypatch):
@@ -33,7 +34,7 @@ def test_make_sample_then_curate_reconciles(tmp_path, capsys, monkeypatch):
 
 
 def test_every_stage_parameter_is_exposed(tmp_path):
-    args, beam_args = cli.build_parser().parse_known_args([
+    args, beam_args = cli.parse_command([
         "curate", "in1", "in2", "--output", "o", "--files-per-partition", "3", "--file-extensions", ".tar, .tgz",
         "--dali-batch-size", "7", "--num-threads", "2", "--num-gpus-per-worker", "0", "--no-reader-verbose",
         "--max-image-pixels", "1000", "--max-member-bytes", "2000",
@@ -41,7 +42,7 @@ def test_every_stage_parameter_is_exposed(tmp_path):
         "--jpeg-quality", "80", "--force-reencode", "--overwrite", "--write-index", "--runner=FnApiRunner", "--direct_num_workers=2",
     ])
     assert beam_args == ["--runner=FnApiRunner", "--direct_num_workers=2"]
-    partitioning, reader, writer = cli.build_stages(args)
+    partitioning, reader, writer = build_stages(args)
     assert (partitioning.file_paths, partitioning.files_per_partition, partitioning.file_extensions) == (
         ["in1", "in2"], 3, [".tar", ".tgz"])
     assert (reader.dali_batch_size, reader.num_threads, reader.num_gpus_per_worker, reader.verbose) == (7, 2, 0.0, False)
@@ -54,8 +55,8 @@ def test_every_stage_parameter_is_exposed(tmp_path):
 def test_defaults_match_nemo_curator():
     from beam_curator.transforms import ImageReaderStage
 
-    args, _ = cli.build_parser().parse_known_args(["curate", "in", "--output", "o"])
-    _, reader, writer = cli.build_stages(args)
+    args, _ = cli.parse_command(["curate", "in", "--output", "o"])
+    _, reader, writer = build_stages(args)
     default = ImageReaderStage()
     assert (reader.max_image_pixels, reader.max_member_bytes) == (default.max_image_pixels, default.max_member_bytes)
     assert (reader.dali_batch_size, reader.num_threads, reader.num_gpus_per_worker) == (100, 8, 0.25)
@@ -96,6 +97,7 @@ def test_progress_reporter_sums_worker_files(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["curate", "x"], ["make-sample"]])
-def test_missing_arguments_exit_with_usage(argv):
-    with pytest.raises(SystemExit):
-        cli.main(argv)
+def test_missing_arguments_exit_with_usage(argv, capsys):
+    assert cli.main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "error: the following arguments are required" in line and "--help" in line

@@ -45,11 +45,10 @@ def test_a_mistyped_option_stops_before_anything_is_built(tmp_path):
 
 
 def test_beam_options_pass_and_near_misses_are_named():
-    parser = cli.build_parser()
     fine = ["--runner", "FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing",
             "--project=p", "--region", "us-central1", "--sdk_container_image=img", "--no_use_public_ips"]
-    assert cli.unknown_options(fine, parser) == []
-    assert cli.unknown_options(["--direct_num_worker=2", "--images_per_tar=5", "--frobnicate"], parser) == [
+    assert cli._unknown_options(fine, "curate") == []
+    assert cli._unknown_options(["--direct_num_worker=2", "--images_per_tar=5", "--frobnicate"], "curate") == [
         "unrecognized option --direct_num_worker (did you mean --direct_num_workers?)",
         "unrecognized option --images_per_tar (did you mean --images-per-tar?)",
         "unrecognized option --frobnicate",
@@ -237,6 +236,14 @@ def test_max_failed_fraction_stops_a_run_that_fails_too_much(tmp_path):
     write_tar(str(source / "a.tar"), make_samples(0, 3) + bad)  # half of the samples fail
     done = _run_cli("curate", str(source), "--output", str(tmp_path / "out"), "--max-failed-fraction", "0.2")
     assert done.returncode == 4
-    assert "beam-curator: error: 3 of 6 samples failed (50.0%), over the threshold of 20.0%" in done.stderr
+    assert ("beam-curator curate: error: 3 of 6 samples failed (50.0%), over --max-failed-fraction 0.2; the failure "
+            "records in _failures/ say why\n") in done.stderr
+    # A failed run never looks finished: no _SUCCESS; _stats.json and the report say why.
+    out = tmp_path / "out"
+    stats = json.loads((out / "_stats.json").read_text())
+    assert (stats["status"], stats["images_failed"]) == ("failed", 3) and "--max-failed-fraction 0.2" in stats["reason"]
+    assert not (out / "_SUCCESS").exists() and 'data-status="failed"' in (out / "_report" / "index.html").read_text()
     assert cli.main(["curate", str(source), "--output", str(tmp_path / "ok"), "--no-progress",
                      "--max-failed-fraction", "0.5"]) == 0
+    assert json.loads((tmp_path / "ok" / "_stats.json").read_text())["status"] == "succeeded"
+    assert (tmp_path / "ok" / "_SUCCESS").exists()

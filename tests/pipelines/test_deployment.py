@@ -1,6 +1,5 @@
 """The Dockerfile, metadata.json (Flex Template) and the CLI agree with each other and with setup.py."""
 
-import argparse
 import json
 import os
 import re
@@ -8,7 +7,7 @@ import re
 import pytest
 
 from beam_curator import cli
-from beam_curator.flex_template import LAUNCHER_ONLY, template_parameters, to_cli_args
+from beam_curator.flex_template import template_parameters, to_cli_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
@@ -41,27 +40,19 @@ def test_dockerfile_versions_agree_with_setup_py():
     assert os.path.exists(os.path.join(ROOT, "beam_curator", "flex_template.py"))
 
 
-def _metadata():
-    return {parameter["name"]: parameter for parameter in json.loads(_read("metadata.json"))["parameters"]}
+def test_metadata_json_is_made_from_the_options_table():
+    from beam_curator.jobs.options import flex_template_metadata
 
-
-def test_metadata_and_cli_options_agree_both_ways():
-    metadata, options = _metadata(), template_parameters()
-    assert set(metadata) == set(options)  # every CLI option is a parameter, every parameter an option
-    parser_dests = {a.dest for a in cli.build_parser()._subparsers._group_actions[0].choices["curate"]._actions}
-    assert set(options) | LAUNCHER_ONLY | {"help"} == parser_dests
-    for name, parameter in metadata.items():
-        assert set(parameter) >= {"name", "label", "helpText", "isOptional", "regexes"}
-        action = options[name]
-        assert parameter["isOptional"] == (name not in ("inputs", "output"))
-        assert parameter["helpText"] and parameter["label"]
-        is_bool = isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction))
-        examples = (["true", "false"] if is_bool else [str(action.default)] if action.default is not None
-                    else ["my_filters:drop_small,m.sub:make"] if name == "stage"
-                    else ["0.5", "-1e-3", "5"] if action.type is float else ["5"] if action.type is int
-                    else ["gs://b/x"])
+    assert json.loads(_read("metadata.json")) == flex_template_metadata(), (
+        "metadata.json differs from the options table: python -m beam_curator.jobs.options --metadata > metadata.json")
+    for parameter in flex_template_metadata()["parameters"]:
+        option = template_parameters()[parameter["name"]]
+        examples = (["true", "false"] if option.kind in ("flag", "bool") else [str(option.default)]
+                    if option.default not in (None, "") else ["my_filters:drop_small,m.sub:make"]
+                    if option.name == "stage" else ["0.5", "-1e-3", "5"] if option.kind == "float"
+                    else ["5"] if option.kind == "int" else ["gs://b/x"])
         for example in examples:  # the regexes accept the CLI's own defaults
-            assert any(re.match(regex, example) for regex in parameter["regexes"]), (name, example)
+            assert any(re.match(regex, example) for regex in parameter["regexes"]), (parameter["name"], example)
 
 
 def test_template_parameters_become_the_cli_command():
@@ -75,7 +66,7 @@ def test_template_parameters_become_the_cli_command():
         "--images-per-tar", "500", "--no-deterministic-name", "--remove-image-data", "--write-index",
         "--runner=DataflowRunner", "--project=p",
     ]
-    parsed, beam_args = cli.build_parser().parse_known_args(args)
+    parsed, beam_args = cli.parse_command(args)
     assert parsed.remove_image_data and not parsed.deterministic_name and parsed.images_per_tar == 500
     assert beam_args == ["--runner=DataflowRunner", "--project=p"]
 
@@ -83,7 +74,7 @@ def test_template_parameters_become_the_cli_command():
 def test_template_stages_become_repeated_stage_options():
     args = to_cli_args(["--inputs=gs://b/a/", "--output=gs://b/out", "--stage=my_filters:min_brightness, m:wide",
                         "--writer_mode=keyed"])
-    parsed, _ = cli.build_parser().parse_known_args(args)
+    parsed, _ = cli.parse_command(args)
     assert parsed.stage == ["my_filters:min_brightness", "m:wide"] and parsed.writer_mode == "keyed"
 
 

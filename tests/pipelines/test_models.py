@@ -1,6 +1,6 @@
 """Curation with models: export-models, the runtime against the Hugging Face / numpy references, the
 four stages, and curate --model-dir end to end. Models are tiny random CLIPs and heads at their real
-sizes (tests/support/tiny_models.py), exported through the real export path (the exported_models fixture)."""
+sizes (beam_curator/models/tiny.py), exported through the real export path (the exported_models fixture)."""
 
 from __future__ import annotations
 
@@ -313,8 +313,7 @@ def test_building_the_pipeline_loads_no_model(exported_models, tmp_path, make_da
 import sys
 from beam_curator import cli
 from beam_curator.jobs.curate import build_pipeline
-parser = cli.build_parser()
-args, beam_args = parser.parse_known_args(["curate", {dataset.directory!r}, "--output", {str(tmp_path / 'out')!r},
+args, beam_args = cli.parse_command(["curate", {dataset.directory!r}, "--output", {str(tmp_path / 'out')!r},
     "--model-dir", {exported_models.model_dir!r}, "--aesthetic-threshold", "5", "--nsfw-threshold", "0.5",
     "--clip-score-threshold", "0.2", "--embed"])
 pipeline, shards, _ = build_pipeline(args, beam_args)
@@ -425,3 +424,15 @@ def test_export_then_curate_the_sample_dataset_from_the_command_line(exported_mo
     assert f"  nsfw_filter: {by_stage['nsfw_filter']} filtered, 0 failed" in lines
     assert lines[-1] == (f"reconciliation: 120 read = {stats['images_written']} written + 0 failed + "
                          f"{sum(by_stage.values())} filtered: ok")
+
+
+def test_export_models_tiny_writes_a_model_dir_without_a_checkpoint(tmp_path, capsys):
+    from beam_curator.models.model_dir import read_manifest
+
+    out = str(tmp_path / "tiny")
+    assert cli.main(["export-models", "--tiny", "--output", out]) == 0
+    assert "exported" in capsys.readouterr().out
+    manifest = read_manifest(out)
+    assert manifest.embedding_dim == 768  # the heads' real input size
+    for role in ("image_encoder", "text_encoder", "tokenizer", "aesthetic", "nsfw"):
+        manifest.require(role, wanted_by="the test")

@@ -17,10 +17,11 @@ def spy(self, name, *args, **kwargs):
 
 ctypes.CDLL.__init__ = spy
 from beam_curator import cli
+from beam_curator.jobs.curate import build_pipeline
 
-args, beam_args = cli.build_parser().parse_known_args(
+args, beam_args = cli.parse_command(
     ["curate", sys.argv[1], "--output", sys.argv[2], "--num-gpus-per-worker", "1", "--runner=FnApiRunner"])
-pipeline, shards, _ = cli.build_pipeline(args, beam_args)
+pipeline, shards, _ = build_pipeline(args, beam_args)
 proto = pipeline.to_runner_api()  # what a launcher submits: DoFns pickled, stages expanded
 assert shards == 2 and len(proto.components.transforms) > 10
 cuda = [name for name in loaded if any(word in name.lower() for word in ("cuda", "nvjpeg", "dali", "nvml"))]

@@ -229,7 +229,7 @@ def test_guard_a_stage_must_account_for_every_image(tmp_path):
         obj.image_data = bright
     fn = _StageFn(Forgetful())
     fn.setup()
-    with pytest.raises(ValueError, match=r"not accounted for: \['p/a'\]"):
+    with pytest.raises(StageContractError, match=r"not accounted for: \['p/a'\]"):
         list(fn.process(batch))
     assert len(list(_StageFn(stage_examples.KeepBright()).process(batch))[0].data) == 2
 

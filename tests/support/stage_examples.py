@@ -61,3 +61,15 @@ def _rebuild_without_origin(batch):
 
 def _not_last(batch) -> bool:
     return not batch.origin.last
+
+
+class LoseOne(CurationStage):
+    """A bug on purpose: the first image of every batch is neither kept, dropped nor failed, which
+    the stage kit refuses (the job fails, naming the stage)."""
+
+    def process_batch(self, batch: ImageBatch) -> StageOutcome:
+        return StageOutcome(kept=batch.data[1:])
+
+
+def lose_one():
+    return LoseOne(name="lose_one")

@@ -40,6 +40,16 @@ class CuratedShardReader(ShardReader):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
 
+    def check_input(self, partitions) -> None:
+        """Before the run: ValueError naming a shard that is not of a beam_curator output."""
+        for task in partitions:
+            partition = task.partition
+            raw = [path for path, metadata in zip(partition.source_files, partition.metadata_files) if not metadata]
+            if raw:
+                raise ValueError(f"{raw[0]} is not a shard of a beam_curator output (no images-*.parquet beside it in "
+                                 "a directory curate or prune wrote): prune reads curated output; curate raw shards "
+                                 "with `beam-curator curate`")
+
     def _fn(self) -> _ReadShardsFn:
         rules = SampleRules(stage=self.stage_name, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
                             max_member_bytes=DEFAULT_MAX_MEMBER_BYTES)

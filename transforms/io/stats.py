@@ -1,10 +1,12 @@
-"""WriteRunStats: the job's last step, DIR/_stats.json from what the job itself counted.
+"""WriteRunStats: the job's last step: its verdict, DIR/_stats.json, the report, and `_SUCCESS` last.
 
 It runs in the job (not in the launcher), after the commit, so template launches and `--no-wait` runs
-get the file too. Its figures are the sum of the partitions' Counts (beam_curator.output.stats), the
+get the files too. Its figures are the sum of the partitions' Counts (beam_curator.output.stats), the
 same Counts each committed partition's manifest records, plus the stages' timings; on a resumed run
 the counts of the partitions an earlier run committed, from their manifests, are added. One reduction,
-one vocabulary.
+one vocabulary. The verdict: a run in which more than max_failed_fraction of the samples read failed
+has failed: `_stats.json` and the report say so (status, reason), `_SUCCESS` is not written, and the
+step raises FailureThresholdExceeded, which fails the job.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 import apache_beam as beam
 
 from beam_curator import storage
+from beam_curator.errors import FailureThresholdExceeded
 from beam_curator.output.commit import PartitionOutput
-from beam_curator.output.layout import STATS_FILE
-from beam_curator.output.stats import Counts, RunStats, Timings
+from beam_curator.output.layout import REPORT_DIR, STATS_FILE
+from beam_curator.output.stats import Counts, RunStats, Timings, write_success
 
 __all__ = ["WriteRunStats"]
 
@@ -49,13 +52,35 @@ def _utc(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_stats(summed, *_after, output_dir: str, committed: dict, shards: int, started: float,
-                 about: dict) -> str:
+def _verdict(stats: RunStats, max_failed_fraction: float, failure_option: str) -> str:
+    """Why the run failed, or "" when it did not."""
+    read, failed = stats.samples_read, stats.images_failed
+    if read and failed / read > max_failed_fraction:
+        return (f"{failed} of {read} samples failed ({failed / read:.1%}), over {failure_option}; the failure "
+                "records in _failures/ say why")
+    return ""
+
+
+def _write_stats(summed, *_after, output_dir: str, committed: dict, shards: int, started: float, about: dict,
+                 max_failed_fraction: float, failure_option: str, report: bool) -> str:
     counts, timings = summed
     finished = time.time()
     stats = RunStats.from_counts(counts.add(Counts.from_dict(committed)), timings=timings, shards=shards,
                                  seconds=finished - started, started=_utc(started), finished=_utc(finished), **about)
-    return storage.write_atomically(storage.join(output_dir, STATS_FILE), stats.to_json().encode())
+    reason = _verdict(stats, max_failed_fraction, failure_option)
+    if reason:
+        stats.status, stats.reason = "failed", reason
+    if report:
+        stats.report = storage.join(output_dir, REPORT_DIR, "index.html")
+    path = storage.write_atomically(storage.join(output_dir, STATS_FILE), stats.to_json().encode())
+    if report:
+        from beam_curator.report.page import write_report
+
+        write_report(output_dir)
+    if reason:
+        raise FailureThresholdExceeded(reason)
+    write_success(output_dir)  # last: the output is complete
+    return path
 
 
 class WriteRunStats(beam.PTransform):
@@ -69,11 +94,15 @@ class WriteRunStats(beam.PTransform):
       inputs, options, version: written as they are.
       committed: the summed Counts of the partitions an earlier run committed, which this run skipped
         (beam_curator.output.resume.ResumePlan.counts()); resumed: its summary, written as it is.
+      max_failed_fraction: above this fraction of failed samples the run fails (see the module);
+        failure_option: how the user set it, for the message (`--max-failed-fraction 0.05`).
+      report: write `DIR/_report/index.html` after `_stats.json`.
     """
 
     def __init__(self, output_dir: str, *, partitions, after: Sequence = (), shards: int, started: float,
                  inputs: Sequence[str] = (), options: dict[str, Any] | None = None, version: str = "",
-                 committed: Counts | None = None, resumed: dict[str, int] | None = None):
+                 committed: Counts | None = None, resumed: dict[str, int] | None = None,
+                 max_failed_fraction: float = 1.0, failure_option: str = "max_failed_fraction", report: bool = False):
         super().__init__()
         self._output_dir = output_dir
         self._partitions, self._after = partitions, list(after)
@@ -82,6 +111,8 @@ class WriteRunStats(beam.PTransform):
         self._committed = (committed or Counts()).to_dict()
         self._about = {"inputs": list(inputs), "options": dict(options or {}), "version": version,
                        "resumed": dict(resumed or {})}
+        self._verdict = {"max_failed_fraction": float(max_failed_fraction), "failure_option": failure_option,
+                         "report": bool(report)}
 
     def expand(self, pbegin):
         # PartitionOutput -> (Counts, Timings), once (a run whose partitions were all committed
@@ -91,4 +122,4 @@ class WriteRunStats(beam.PTransform):
                 for index, pcoll in enumerate(self._after)]
         return summed | "Write" >> beam.Map(_write_stats, *done, output_dir=self._output_dir,
                                             committed=self._committed, shards=self._shards, started=self._started,
-                                            about=self._about)
+                                            about=self._about, **self._verdict)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 
+from beam_curator.errors import StageContractError
 from beam_curator.formats.schema import check_score_column
 from beam_curator.formats.thumbnails import thumbnail_from_bytes, thumbnail_of
 from beam_curator.records import FailureRecord, FilterRecord
@@ -107,7 +108,7 @@ def _check_accounted(stage: str, batch: ImageBatch, outcome: StageOutcome) -> No
                        + [f.image.image_id for f in outcome.failed])
     if came_in != went_out:
         lost, extra = sorted((came_in - went_out).elements()), sorted((went_out - came_in).elements())
-        raise ValueError(
+        raise StageContractError(
             f"stage {stage!r} must account for every image of a batch exactly once (kept, dropped or failed); "
             f"not accounted for: {lost[:5]}{'...' if len(lost) > 5 else ''}, unknown or repeated: "
             f"{extra[:5]}{'...' if len(extra) > 5 else ''}")
@@ -150,7 +151,7 @@ class _StageFn(beam.DoFn):
         started = time.perf_counter()
         outcome = self._stage.process_batch(batch)
         if not isinstance(outcome, StageOutcome):
-            raise TypeError(f"{type(self._stage).__name__}.process_batch must return a StageOutcome, "
+            raise StageContractError(f"{type(self._stage).__name__}.process_batch must return a StageOutcome, "
                             f"got {type(outcome).__name__}")
         _check_accounted(self._name, batch, outcome)
         records = [_filter_record(self._name, dropped, self._stage.record_thumbnails) for dropped in outcome.dropped]
