@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from setuptools import setup
 
 TOKENIZERS = ["tokenizers>=0.20,<1"]
@@ -8,9 +10,9 @@ setup(
     name="beam-curator",
     version="0.1.0",
     description="Image-dataset curation on Apache Beam: WebDataset shards, NVIDIA DALI decoding, tar + parquet output",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     # transforms/ (the Beam layer) is installed as the subpackage beam_curator.transforms.
     packages=["beam_curator", *(f"beam_curator.{name}" for name in ("formats", "output", "models", "dedup", "report",
                                                                        "jobs")),
@@ -45,6 +47,7 @@ setup(
             "setuptools>=65",
             "wheel",
             "ruff>=0.15,<1",
+            "mypy>=1.10,<3",
             "ImageHash>=4.3,<5",  # the perceptual hash's oracle
             # The CPU build this project's CI machines hold locally; any torch >= 2.4 works for the tests.
             "torch==2.13.0",

@@ -1,70 +1,36 @@
 """beam_curator: image-dataset curation on Apache Beam with NVIDIA DALI.
 
-The data model is imported eagerly; the Beam stages (which import Apache Beam) on first use.
+The data model is imported eagerly; the Beam stages (beam_curator.transforms, which import Apache
+Beam), curate() and RunStats on first use.
 """
 
 from __future__ import annotations
 
-from beam_curator.tasks import BatchOrigin, DocumentBatch, FileGroupTask, ImageBatch, ImageObject, StagePerf, Task
+from beam_curator.public import TRANSFORMS
+from beam_curator.tasks import (
+    BatchOrigin,
+    DocumentBatch,
+    FileGroupTask,
+    ImageBatch,
+    ImageObject,
+    PartitionInfo,
+    StagePerf,
+    Task,
+)
 
-__all__ = [
-    "BatchOrigin",
-    "CaptionFilterStage",
-    "ConvertImageBatchToDocumentBatchStage",
-    "CurationStage",
-    "DocumentBatch",
-    "FilePartitioningStage",
-    "FileGroupTask",
-    "FilterImages",
-    "ImageAestheticFilterStage",
-    "ImageBatch",
-    "ImageDuplicatesRemovalStage",
-    "ImageEmbeddingStage",
-    "ImageNSFWFilterStage",
-    "ImageObject",
-    "ImagePHashStage",
-    "ImageReaderStage",
-    "ImageTextSimilarityFilterStage",
-    "ImageWriterStage",
-    "RunStats",
-    "ScoreImages",
-    "StagePerf",
-    "Task",
-    "WriteDocumentBatchesToParquet",
-    "curate",
-]
+_DATA_MODEL = ["BatchOrigin", "DocumentBatch", "FileGroupTask", "ImageBatch", "ImageObject", "PartitionInfo",
+               "StagePerf", "Task"]
+_LAZY = {"curate": "beam_curator.jobs.curate", "RunStats": "beam_curator.output.stats"}
 
+__all__ = sorted([*_DATA_MODEL, *_LAZY, *TRANSFORMS])
 __version__ = "0.1.0"
-
-_STAGES = {
-    "CaptionFilterStage",
-    "ImageSizeFilterStage",
-    "ConvertImageBatchToDocumentBatchStage",
-    "CurationStage",
-    "FilterImages",
-    "ScoreImages",
-    "FilePartitioningStage",
-    "ImageAestheticFilterStage",
-    "ImageEmbeddingStage",
-    "ImageNSFWFilterStage",
-    "ImageTextSimilarityFilterStage",
-    "ImageReaderStage",
-    "ImageWriterStage",
-    "WriteDocumentBatchesToParquet",
-}
 
 
 def __getattr__(name: str):
-    if name == "curate":
-        from beam_curator.jobs.curate import curate
+    import importlib
 
-        return curate
-    if name == "RunStats":
-        from beam_curator.output.stats import RunStats
-
-        return RunStats
-    if name in _STAGES:
-        from beam_curator import transforms
-
-        return getattr(transforms, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in TRANSFORMS:
+        return getattr(importlib.import_module("beam_curator.transforms"), name)
     raise AttributeError(f"module 'beam_curator' has no attribute {name!r}")

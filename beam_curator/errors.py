@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CLI", "EXIT_STATUSES", "PYTHON", "Spelling", "StageContractError", "DuplicateIdsError", "FailureThresholdExceeded", "JobError", "JobFailed", "job_error", "one_line"]
+__all__ = ["CLI", "EXIT_STATUSES", "PYTHON", "DuplicateIdsError", "FailureThresholdExceeded", "JobError", "JobFailed", "Spelling", "StageContractError", "job_error", "one_line"]
 
 
 EXIT_STATUSES = {
@@ -99,7 +99,7 @@ def one_line(error: BaseException) -> str:
             return _clean(f"{name.rsplit('.', 1)[-1]}: {message}")
     text = _clean(text)
     name = type(error).__name__
-    return text if text.startswith(name) or isinstance(error, (JobError, OSError)) and text else f"{name}: {text}"
+    return text if text.startswith(name) or (isinstance(error, (JobError, OSError)) and text) else f"{name}: {text}"
 
 
 def job_error(error: BaseException) -> tuple[type[JobError], str] | None:

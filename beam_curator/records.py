@@ -3,16 +3,20 @@ dropped them on purpose). Nothing leaves the pipeline without one."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from beam_curator.output.layout import FAILURES_DIR, FILTERED_DIR, record_file_name
-
-__all__ = ["FAILURE_SCHEMA", "FILTER_SCHEMA", "FailureRecord", "FilterRecord", "SCOPES", "failures_to_table",
-           "filtered_to_table", "record_files"]
+__all__ = [
+    "FAILURE_SCHEMA",
+    "FILTER_SCHEMA",
+    "SCOPES",
+    "FailureRecord",
+    "FilterRecord",
+    "failures_to_table",
+    "filtered_to_table",
+]
 
 # sample: the sample is not in the output (no image, not decodable, over a limit).
 # companion: one companion member was left out (bad UTF-8 caption, invalid JSON, over the size limit);
@@ -69,30 +73,3 @@ FILTER_SCHEMA = pa.schema(
 def filtered_to_table(records: Sequence[FilterRecord]) -> pa.Table:
     columns = {name: [getattr(record, name) for record in records] for name in FILTER_SCHEMA.names}
     return pa.Table.from_pydict(columns, schema=FILTER_SCHEMA)
-
-
-def _failure_order(record: FailureRecord):
-    return record.member, record.key, record.stage, record.scope, record.error_class, record.message, record.image_id
-
-
-def _filtered_order(record: FilterRecord):
-    return record.member, record.key, record.image_id, record.stage, record.reason
-
-
-def record_files(records: Iterable[FailureRecord | FilterRecord], digest: str) -> list[tuple[str, bytes]]:
-    """The parquet files of a group of records, as (path relative to the output, bytes): failures under
-    `_failures/failures-{digest}.parquet`, filter records under `_filtered/filtered-{digest}.parquet`, a
-    file only for a kind that has records. Rows are sorted, so the same records give the same bytes."""
-    import pyarrow.parquet as pq
-
-    records = list(records)
-    files = []
-    for directory, kind, order, to_table in (
-            (FAILURES_DIR, FailureRecord, _failure_order, failures_to_table),
-            (FILTERED_DIR, FilterRecord, _filtered_order, filtered_to_table)):
-        chosen = sorted((record for record in records if isinstance(record, kind)), key=order)
-        if chosen:
-            buffer = io.BytesIO()
-            pq.write_table(to_table(chosen), buffer)
-            files.append((record_file_name(directory, digest), buffer.getvalue()))
-    return files

@@ -8,7 +8,7 @@ bytes and its companion members, so a writer can reproduce the input sample with
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,9 @@ class BatchOrigin:
     batch_index: int
     last: bool
     source_files: tuple[str, ...]
+
+
+NEMO_SCORES = ("aesthetic_score", "nsfw_score")  # scores NeMo Curator keeps as ImageObject attributes
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,22 @@ class ImageObject:
         self.__dict__.update(state)
         if self.decoded_pixels is not None:
             self.decoded_pixels.flags.writeable = False
+
+    def score(self, column: str) -> float | None:
+        """The score stored under a parquet column: aesthetic_score and nsfw_score are NeMo Curator's
+        attributes, any other (clip_score, a stage's own) lives in `scores`."""
+        return getattr(self, column) if column in NEMO_SCORES else self.scores.get(column)
+
+    def with_score(self, column: str, value: float | None) -> ImageObject:
+        """A copy with `value` stored under `column` (see score()); None leaves the image as it is. The
+        one way stages store scores: a Beam input is never modified, and the copy shares the pixels."""
+        if value is None:
+            return self
+        if column == "aesthetic_score":
+            return replace(self, aesthetic_score=float(value))
+        if column == "nsfw_score":
+            return replace(self, nsfw_score=float(value))
+        return replace(self, scores={**self.scores, column: float(value)})
 
     @property
     def caption(self) -> str | None:

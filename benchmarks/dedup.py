@@ -94,7 +94,7 @@ print(count)
 def main(args, bench) -> int:
     data, results = bench.DATA, args.results
     out = os.path.join(data, "out", "dedup")
-    result = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    result = {"when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count()}, "n": args.dedup_n}
     hashes = synthetic(data, "phash", args.dedup_n)
     result["perceptual"] = run_dedup(bench, hashes, os.path.join(out, "perceptual"), "perceptual", [])

@@ -25,6 +25,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     python = sys.executable
     os.makedirs(args.results, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%S")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H%M%S")
     bench_json = os.path.join(args.results, f"gpu-{stamp}-decode.json")
     steps = [
         _step("gpu tests", [python, "-m", "pytest", "-q", "-m", "gpu", "tests"], 240),
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {step['name']} | {step['exit']} | {step['seconds']} |")
     models_json = os.path.join(args.results, f"gpu-{stamp}-models.json")
     report = {"device": device, "host": platform.node(), "when": stamp, "steps": steps,
-              "benchmark": json.load(open(bench_json)) if os.path.exists(bench_json) else None,
-              "models": json.load(open(models_json)) if os.path.exists(models_json) else None}
+              "benchmark": json.loads(Path(bench_json).read_text()) if os.path.exists(bench_json) else None,
+              "models": json.loads(Path(models_json).read_text()) if os.path.exists(models_json) else None}
     path = os.path.join(args.results, f"gpu-{stamp}.json")
     with open(path, "w") as handle:
         json.dump(report, handle, indent=1)

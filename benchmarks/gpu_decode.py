@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run as bench  # noqa: E402  (benchmarks/run.py)
+import run as bench
 
 
 def decode_only(blobs: list[bytes], *, gpu: bool, threads: int, batch: int) -> float:

@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run as bench  # noqa: E402  (benchmarks/run.py)
+import run as bench
 
 
 def curate_seconds(source: str, out: str, *, isolate: str, gpus: str, threads: int, batch: int) -> float:

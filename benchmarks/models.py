@@ -120,7 +120,7 @@ def main(args, bench) -> int:
     stage_seconds = {name: statistics.median(run["stage_seconds"].get(name, 0) for run in pipeline)
                      for name in pipeline[-1]["stage_seconds"]}
     result = {
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "model": f"{args.model_size}-sized CLIP (random weights), aesthetic + NSFW heads, "
                  f"{'fp16' if args.fp16 else 'fp32'} towers, on the {args.device}",

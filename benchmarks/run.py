@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     # Not a target: c's job time alone (no process start-up) against the decode ceiling.
     job_ratio = summary["c"]["job_images_per_s"] / summary["a"]["images_per_s"]
     result = {
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "dataset": {"shards": args.shards, "images": images, "megapixels": megapixels},
         "options": {"threads": args.threads, "batch": args.batch, "rounds": args.rounds},

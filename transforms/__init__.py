@@ -1,10 +1,12 @@
 """The Beam layer of beam_curator: PTransforms over the core, installed as `beam_curator.transforms`."""
 
+from beam_curator.public import TRANSFORMS
 from beam_curator.transforms.io.convert import (
     ConvertImageBatchToDocumentBatchStage,
     WriteDocumentBatchesToParquet,
     convert_image_batch,
 )
+from beam_curator.transforms.io.curated_reader import CuratedShardReader
 from beam_curator.transforms.io.image_reader import ImageReaderStage, ReadResult
 from beam_curator.transforms.io.image_writer import ImageWriterStage, WriteResult
 from beam_curator.transforms.io.partitioning import FilePartitioningStage
@@ -19,28 +21,4 @@ from beam_curator.transforms.stages.models import (
     ImageTextSimilarityFilterStage,
 )
 
-__all__ = [
-    "CaptionFilterStage",
-    "ConvertImageBatchToDocumentBatchStage",
-    "CurationStage",
-    "Dropped",
-    "Failed",
-    "FilePartitioningStage",
-    "FilterImages",
-    "ImageAestheticFilterStage",
-    "ImageDuplicatesRemovalStage",
-    "ImageEmbeddingStage",
-    "ImageNSFWFilterStage",
-    "ImagePHashStage",
-    "ImageReaderStage",
-    "ImageSizeFilterStage",
-    "ImageTextSimilarityFilterStage",
-    "ImageWriterStage",
-    "ReadResult",
-    "ScoreImages",
-    "StageOutcome",
-    "WriteDocumentBatchesToParquet",
-    "WriteResult",
-    "WriteRunStats",
-    "convert_image_batch",
-]
+__all__ = list(TRANSFORMS)  # one list, which beam_curator's top level offers too

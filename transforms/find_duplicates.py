@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -38,8 +38,16 @@ from beam_curator.dedup.removal import id_digest
 from beam_curator.errors import DuplicateIdsError
 from beam_curator.output.layout import duplicates_name, kind_of
 
-__all__ = ["COLUMNS", "DEDUP_SCHEMA", "FindDuplicates", "FoundDuplicates", "KEEP", "METHODS", "WriteDuplicates",
-           "list_parquet"]
+__all__ = [
+    "COLUMNS",
+    "DEDUP_SCHEMA",
+    "KEEP",
+    "METHODS",
+    "FindDuplicates",
+    "FoundDuplicates",
+    "WriteDuplicates",
+    "list_parquet",
+]
 
 _LOG = logging.getLogger(__name__)
 METHODS = ("exact", "perceptual", "semantic")
@@ -71,7 +79,7 @@ class _Chunk(NamedTuple):
     or an n x d float32 array), (pixels, file size) and original_path per row; and how many rows lacked it."""
 
     ids: list
-    values: object
+    values: Any
     sizes: list
     origins: list
     missing: int

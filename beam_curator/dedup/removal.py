@@ -128,7 +128,8 @@ def check_matches(directory: str, partitions: Sequence, field: str = "id") -> in
     `original_path`). A list made from other data would otherwise remove nothing, silently."""
     import pyarrow.parquet as pq
 
-    listed, origins = [], set()
+    listed: list[str] = []
+    origins: set[str] = set()
     for path in RemovalList.files(directory):
         with storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)

@@ -28,15 +28,15 @@ import numpy as np
 from beam_curator.formats.image_structure import dali_problem
 
 __all__ = [
-    "stderr_settled",
-    "DecodedImages",
-    "DecoderBase",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DaliImageDecoder",
+    "DecodedImages",
+    "DecoderBase",
     "ImageDecodeError",
     "cuda_device_count",
     "decode_with_pillow",
     "probe_size",
+    "stderr_settled",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def cuda_device_count() -> int:
     except ImportError as exc:  # pragma: no cover - DALI is a core dependency
         raise ImportError("beam_curator needs NVIDIA DALI: pip install nvidia-dali-cuda120") from exc
     try:
-        return int(backend.GetCUDADeviceCount())
+        return int(backend.GetCUDADeviceCount())  # type: ignore[attr-defined]  # made at run time
     except RuntimeError:
         return 0
 
@@ -263,7 +263,7 @@ class DaliImageDecoder(DecoderBase):
         """Decode images that passed the structural check: the whole chunk at once, or one by one
         when DALI fails it."""
         try:
-            return self._run(chunk)
+            return list(self._run(chunk))
         except RuntimeError:
             return self._decode_one_by_one(chunk)
 
@@ -318,7 +318,7 @@ def _native_stderr_to_debug_log():
     reached fd 2 meanwhile (another thread's log lines) is written back to stderr."""
     with _STDERR_LOCK:
         if not _STDERR_CAPTURE:
-            _STDERR_CAPTURE.append(tempfile.TemporaryFile())
+            _STDERR_CAPTURE.append(tempfile.TemporaryFile())  # noqa: SIM115 - open for the process's life
         capture = _STDERR_CAPTURE[0]
         capture.seek(0)
         capture.truncate()

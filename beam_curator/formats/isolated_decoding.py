@@ -17,6 +17,7 @@ It has DaliImageDecoder's interface (`decode`, `submit`, `batch_size`, `num_thre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +113,8 @@ class IsolatedDecoder(DecoderBase):
     def close(self) -> None:
         child, self._child = self._child, None
         if child is not None and child.poll() is None:
-            child.stdin.close()
+            if child.stdin is not None:
+                child.stdin.close()
             try:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -119,10 +122,8 @@ class IsolatedDecoder(DecoderBase):
                 child.wait()
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):  # interpreter teardown
             self.close()
-        except Exception:  # interpreter teardown
-            pass
 
     def decode(self, images: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
         """Decode `images`; each result is an array or the error that stopped that image alone."""
@@ -154,6 +155,7 @@ class IsolatedDecoder(DecoderBase):
 
     def _decode_in_child(self, images: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
         child = self._child
+        assert child is not None and child.stdin is not None and child.stdout is not None  # started with pipes
         sizes = [len(data) for data in images]
         free = []
         while self._released:  # pop: a finalizer may append from another thread meanwhile
@@ -173,7 +175,7 @@ class IsolatedDecoder(DecoderBase):
 
     def _results_from(self, reply: dict, pid: int) -> list[np.ndarray | ImageDecodeError]:
         """Arrays viewing the reply's shared-memory segment, and ImageDecodeErrors."""
-        whole = None
+        whole: np.ndarray | None = None
         self._count_pillow(reply["pillow"])
         for segment in reply["dropped"]:
             self._segments.pop(segment, None)
@@ -191,6 +193,7 @@ class IsolatedDecoder(DecoderBase):
             if "error" in item:
                 results.append(ImageDecodeError(item["error"]))
             else:
+                assert whole is not None  # a reply with images has a segment
                 shape = tuple(item["shape"])
                 start = item["offset"]
                 results.append(whole[start : start + int(np.prod(shape))].reshape(shape))
@@ -220,10 +223,8 @@ def _remove_leftovers(pid: int) -> None:
             continue
         for name in names:
             if name.startswith(f"{_SHM_PREFIX}{pid}-"):
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(os.path.join(directory, name))
-                except OSError:
-                    pass
 
 
 # --- the child ------------------------------------------------------------------------------------
@@ -282,21 +283,22 @@ def _serve(options: dict) -> None:
             offset += size
         del payload
         results = decoder.decode(images)
-        layout, total = [], 0
+        layout: list[dict[str, Any]] = []
+        total = 0
         for result in results:
             if isinstance(result, ImageDecodeError):
                 layout.append({"error": str(result)})
             else:
                 layout.append({"shape": list(result.shape), "offset": total})
                 total += result.nbytes
-        reply = {"results": layout, "bytes": total, "segment": None, "path": None,
-                 "pillow": decoder.take_pillow_count()}
+        reply: dict[str, Any] = {"results": layout, "bytes": total, "segment": None, "path": None,
+                                 "pillow": decoder.take_pillow_count()}
         if total:
             reply["segment"], whole, reply["path"] = segments.take(total)
         reply["dropped"], segments.dropped = segments.dropped, []
         if total:
             for result, where in zip(results, layout):
-                if "offset" in where:
+                if isinstance(result, np.ndarray):
                     whole[where["offset"] : where["offset"] + result.nbytes] = result.reshape(-1)
         del results
         _send(replies, reply)

@@ -70,7 +70,7 @@ class MetadataRow:
     def for_image(
         cls, obj: ImageObject, *, key: str, tar_file: str, member_name: str, image_format: str,
         width: int | None, height: int | None, with_embedding: bool = True, file_size: int | None = None,
-    ) -> "MetadataRow":
+    ) -> MetadataRow:
         embedding = None
         if obj.embedding is not None and with_embedding:
             embedding = np.asarray(obj.embedding, dtype=np.float32).ravel().tolist()
@@ -87,15 +87,19 @@ class MetadataRow:
             height=height,
             sha256=obj.sha256 or (None if obj.image_bytes is None else hashlib.sha256(obj.image_bytes).hexdigest()),
             phash=obj.phash,
-            aesthetic_score=None if obj.aesthetic_score is None else float(obj.aesthetic_score),
-            nsfw_score=None if obj.nsfw_score is None else float(obj.nsfw_score),
-            clip_score=None if obj.scores.get("clip_score") is None else float(obj.scores["clip_score"]),
+            aesthetic_score=_float(obj.score("aesthetic_score")),
+            nsfw_score=_float(obj.score("nsfw_score")),
+            clip_score=_float(obj.score("clip_score")),
             embedding=embedding,
             caption=obj.caption,
             metadata=obj.metadata_json(),
             scores={name: None if value is None else float(value) for name, value in obj.scores.items()
                     if name not in METADATA_SCHEMA.names},
         )
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 # Score columns of the fixed schema: NeMo Curator's two (ImageObject attributes) and clip_score (kept in

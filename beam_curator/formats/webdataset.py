@@ -91,7 +91,7 @@ def iter_samples(fileobj: BinaryIO, *, max_member_bytes: int | None = None) -> I
     # A seekable file is read with tarfile's random-access reader, a third cheaper per member than its
     # stream reader (which re-joins 10 KB chunks); both stop with ReadError on damage.
     mode = "r:*" if _seekable(fileobj) else "r|*"
-    with tarfile.open(fileobj=fileobj, mode=mode) as archive:
+    with tarfile.open(fileobj=fileobj, mode=mode) as archive:  # type: ignore[call-overload]
         while (info := archive.next()) is not None:
             archive.members.clear()  # tarfile keeps every header it has read: memory stays flat
             if info.isdir():

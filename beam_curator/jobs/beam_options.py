@@ -1,10 +1,22 @@
 """The names of Apache Beam's pipeline options, so that the CLI can tell a typo from a Beam option
-without importing Beam (which takes seconds). tests/test_cli_options.py checks this list against the
+without importing Beam (which takes seconds). tests/pipelines/test_cli_newcomer.py checks this list against the
 installed Beam and prints the new one when Beam adds options."""
 
 from __future__ import annotations
 
-__all__ = ["BEAM_OPTIONS"]
+__all__ = ["BEAM_OPTIONS", "DEFAULT_RUNNER", "beam_option"]
+
+DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
+
+
+def beam_option(beam_args, name: str) -> str | None:
+    """The value of Beam option --name in beam_args (`--name=value` or `--name value`), or None."""
+    for index, arg in enumerate(beam_args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and index + 1 < len(beam_args):
+            return beam_args[index + 1]
+    return None
 
 # apache-beam 2.77.0: every --option of PipelineOptions and its subclasses, without the dashes.
 BEAM_OPTIONS = frozenset({

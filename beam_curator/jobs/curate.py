@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from beam_curator.jobs.beam_options import DEFAULT_RUNNER, beam_option
 from beam_curator.jobs.options import CLI, ISOLATE_DECODER, PYTHON, SCORES, Spelling, from_python, shaping_values
 from beam_curator.jobs.worker_output import worker_chatter_filtered
 from beam_curator.output.leftovers import find_leftovers, make_progress_dir, remove_stale_progress_dirs, write_owner
@@ -26,7 +27,6 @@ from beam_curator.output.stats import RunStats
 __all__ = ["DEFAULT_RUNNER", "build_curation_stages", "build_model_stages", "build_pipeline", "build_stages",
            "curate", "load_stage", "prune_options", "run"]
 
-DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 _LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PortableRunner"}
 _IN_PROCESS_RUNNERS = _LOCAL_RUNNERS - {"PortableRunner"}  # the job dies with the CLI's process
 _LOG = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def load_stage(spec: str):
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"--stage {spec}: cannot import {module_name!r}: {error}") from error
-    target = module
+    target: Any = module
     for part in name.split("."):
         if not hasattr(target, part):
             raise ValueError(f"--stage {spec}: {module_name} has no {name!r}")
@@ -125,7 +125,7 @@ def build_curation_stages(args: argparse.Namespace) -> list:
         ImageSizeFilterStage,
     )
 
-    stages = [ImageDuplicatesRemovalStage(args.remove_duplicates)] if args.remove_duplicates else []
+    stages: list[Any] = [ImageDuplicatesRemovalStage(args.remove_duplicates)] if args.remove_duplicates else []
     if args.min_size is not None or args.max_aspect_ratio is not None or args.max_pixels is not None:
         stages.append(ImageSizeFilterStage(args.min_size, args.max_aspect_ratio, args.max_pixels))
     if args.min_caption_words is not None or args.min_caption_chars is not None or args.max_caption_chars is not None:
@@ -152,7 +152,7 @@ def build_model_stages(args: argparse.Namespace) -> list:
     )
 
     common = {"num_gpus_per_worker": args.num_gpus_per_worker, "model_inference_batch_size": args.model_batch_size}
-    stages = [ImageEmbeddingStage(args.model_dir, **common)]
+    stages: list[Any] = [ImageEmbeddingStage(args.model_dir, **common)]
     filters = {"aesthetic": ImageAestheticFilterStage, "nsfw": ImageNSFWFilterStage}
     for name in wanted:
         if name == "clip":
@@ -206,6 +206,10 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
         partitioning.skip(resume.skip)
     if hasattr(reader, "check_input"):
         reader.check_input(partitioning.partitions())
+    from beam_curator.transforms.stages.kit import check_needs
+
+    carried = any(any(task.partition.metadata_files) for task in partitioning.partitions())
+    check_needs(all_stages, getattr(reader, "provides", ()), carried=carried)
     checked = {}
     for stage in all_stages:
         check = getattr(stage, "check_input", None)
@@ -243,16 +247,6 @@ def _clean_leftovers(output: str) -> None:
                          "is writing into %s", leftover.path, leftover.why, output)
 
 
-def _beam_option(beam_args: Sequence[str], name: str) -> str | None:
-    """The value of Beam option --name in beam_args (`--name=value` or `--name value`), or None."""
-    for index, arg in enumerate(beam_args):
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and index + 1 < len(beam_args):
-            return beam_args[index + 1]
-    return None
-
-
 
 
 def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = (), reader=None) -> RunStats | None:
@@ -263,7 +257,7 @@ def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()
     from beam_curator.errors import JobFailed, job_error, one_line
     from beam_curator.jobs.progress import ProgressReporter
 
-    runner = _beam_option(beam_args, "runner")
+    runner = beam_option(beam_args, "runner")
     if runner is None:
         beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
         runner = DEFAULT_RUNNER
@@ -272,7 +266,7 @@ def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()
     progress_dir = make_progress_dir() if show_progress else None
 
     reporter = None
-    worker_processes = _beam_option(beam_args, "direct_running_mode") == "multi_processing"
+    worker_processes = beam_option(beam_args, "direct_running_mode") == "multi_processing"
     started = time.time()
     try:
         pipeline, total_shards, writer = build_pipeline(args, beam_args, progress_dir=progress_dir, stages=stages,
@@ -308,13 +302,28 @@ def run(args: argparse.Namespace, beam_args: list[str], *, stages: Sequence = ()
 
 
 def _record_failure(args: argparse.Namespace, reason: str, started: float) -> None:
-    """A failed run's `_stats.json` (status failed, the reason, what its committed partitions counted)
-    and report, written by the launcher: the job did not get to its last step."""
-    from beam_curator.output.stats import write_failed_stats
+    """A failed run's `_stats.json` (status failed, the reason, and the counts of the partitions it
+    committed, from their manifests) and report, written by the launcher: the job did not get to its
+    last step. So on local runners and `--wait` runs only."""
+    from beam_curator import storage
+    from beam_curator.output.layout import REPORT_DIR, STATS_FILE
+    from beam_curator.output.manifest import read_manifests
+    from beam_curator.output.stats import Counts, utc
 
     try:
-        write_failed_stats(args.output, reason, started=started, inputs=list(args.inputs), report=bool(args.report))
-    except Exception:  # noqa: BLE001 - the run's own error is the one to report
+        counts = Counts.total(manifest.typed_counts() for manifest in read_manifests(args.output))
+        finished = time.time()
+        stats = RunStats.from_counts(counts, timings={}, shards=0, seconds=finished - started, started=utc(started),
+                                     finished=utc(finished), inputs=list(args.inputs), status="failed",
+                                     reason=f"{reason} (the figures count the partitions committed before it failed)")
+        if args.report:
+            stats.report = storage.join(args.output, REPORT_DIR, "index.html")
+        storage.write_atomically(storage.join(args.output, STATS_FILE), stats.to_json().encode())
+        if args.report:
+            from beam_curator.report.page import write_report
+
+            write_report(args.output)
+    except Exception:  # the run's own error is the one to report
         _LOG.warning("could not record the failure in %s", args.output, exc_info=True)
 
 
@@ -339,4 +348,6 @@ def curate(inputs: str | Sequence[str], output: str, *, stages: Sequence = (), p
     values = {"progress": False, **options, "inputs": [os.fspath(path) for path in given], "output": os.fspath(output)}
     args = from_python("curate", values)
     args.spelling = PYTHON
-    return run(args, list(pipeline_args), stages=stages)
+    stats = run(args, list(pipeline_args), stages=stages)
+    assert stats is not None  # curate() waits for the job
+    return stats

@@ -10,7 +10,6 @@ default number of clusters of semantic dedup from the number of images.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import time
 from dataclasses import dataclass
@@ -18,15 +17,12 @@ from dataclasses import dataclass
 from beam_curator import storage
 from beam_curator.identity import canonical_path
 from beam_curator.output.layout import DEDUP_SUMMARY_FILE
+from beam_curator.output.stats import utc
 
 __all__ = ["SUMMARY_FILE", "build_dedup_pipeline", "run_dedup", "summary_line"]
 
 SUMMARY_FILE = DEDUP_SUMMARY_FILE
 _HINT = {"phash": "curate with --phash", "embedding": "curate with --model-dir and --embed"}
-
-
-def _utc(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _prepare_output(output: str, overwrite: bool) -> None:
@@ -118,7 +114,7 @@ def build_dedup_pipeline(args: argparse.Namespace, beam_args: list[str]):
     options = {name: value for name, value in sorted(vars(args).items()) if name not in ("inputs", "command",
                                                                                           "spelling")}
     summary = {"method": args.method, "keep": args.keep, "inputs": list(args.inputs), "parquet_files": len(files),
-               "options": options, "version": __version__, "started": _utc(time.time())}
+               "options": options, "version": __version__, "started": utc(time.time())}
     if n_clusters is not None:
         summary["n_clusters_asked"] = n_clusters
     clusters = [beam.pvalue.AsSingleton(found.clusters)] if found.clusters is not None else []
@@ -133,7 +129,7 @@ def _write_summary(counts, output: str, summary: dict, removed: int, groups: int
     images, without = counts
     summary = {**summary, "images": images, "images_without_fingerprint": without, "removed": removed,
                "duplicate_groups": groups, "files": sorted(path.rsplit("/", 1)[-1] for path in written),
-               "finished": _utc(time.time())}
+               "finished": utc(time.time())}
     if clusters is not None:
         summary["n_clusters"] = clusters
     storage.write_atomically(storage.join(output, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True).encode())
@@ -141,9 +137,9 @@ def _write_summary(counts, output: str, summary: dict, removed: int, groups: int
 
 def run_dedup(args: argparse.Namespace, beam_args: list[str]) -> dict:
     """Run the job; its summary, as the job wrote it."""
-    from beam_curator.jobs.curate import DEFAULT_RUNNER, _beam_option
+    from beam_curator.jobs.beam_options import DEFAULT_RUNNER, beam_option
 
-    if _beam_option(beam_args, "runner") is None:
+    if beam_option(beam_args, "runner") is None:
         beam_args = [f"--runner={DEFAULT_RUNNER}", *beam_args]
     pipeline, _ = build_dedup_pipeline(args, beam_args)
     pipeline.run().wait_until_finish()

@@ -33,7 +33,7 @@ class _AboveTheBar(logging.Handler):
 
         try:
             tqdm.write(self.format(record), file=self._stream)
-        except Exception:  # noqa: BLE001 - logging must not fail the run
+        except Exception:  # logging must not fail the run
             self.handleError(record)
 
 

@@ -15,6 +15,7 @@ D is the CLIP embedding size (768 for ViT-L/14, which both were trained on).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -60,7 +61,7 @@ def load_head_state_dict(path: str) -> dict[str, Any]:
         return load_file(path, device="cpu")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - the pickle held more than tensors, or is not one
+    except Exception as error:  # the pickle held more than tensors, or is not one
         raise ValueError(f"{path}: cannot read it as a state dict of tensors with weights_only=True ({error}); "
                          "save the head's state_dict() as safetensors or .pth") from error
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
@@ -80,7 +81,7 @@ def _aesthetic_head(path: str, embedding_dim: int):
     _check_keys("aesthetic", path, state, {f"layers.{i}.{p}" for i in AESTHETIC_LAYERS for p in ("weight", "bias")})
     sizes = [embedding_dim, 1024, 128, 64, 16, 1]
     layers = []
-    for index, (n_in, n_out) in zip(AESTHETIC_LAYERS, zip(sizes, sizes[1:])):
+    for index, (n_in, n_out) in zip(AESTHETIC_LAYERS, itertools.pairwise(sizes)):
         while len(layers) < index:
             layers.append(torch.nn.Identity())  # the dropouts at 1, 3, 5 (identity at inference)
         if tuple(state[f"layers.{index}.weight"].shape) != (n_out, n_in):
@@ -117,7 +118,7 @@ def _nsfw_head(path: str, embedding_dim: int):
             self.norm = torch.nn.Module()
             self.norm.register_buffer("mean", torch.zeros(state["norm.mean"].shape))
             self.norm.register_buffer("variance", torch.ones(state["norm.variance"].shape))
-            for i, (n_in, n_out) in zip(NSFW_LAYERS, zip(sizes, sizes[1:])):
+            for i, (n_in, n_out) in zip(NSFW_LAYERS, itertools.pairwise(sizes)):
                 setattr(self, f"linear_{i}", torch.nn.Linear(n_in, n_out))
 
         def forward(self, x):

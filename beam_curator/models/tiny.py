@@ -62,7 +62,7 @@ def make_clip_checkpoint(directory: str, *, sizes: dict = TINY, seed: int = 0) -
     for left, right in _MERGES:
         vocab[left + right] = len(vocab)
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=list(_MERGES))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=list(_MERGES))  # type: ignore[arg-type]  # pairs, as it reads them
     tokenizer.save_pretrained(directory)
 
     torch.manual_seed(seed)

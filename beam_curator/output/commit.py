@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from beam_curator import storage
-from beam_curator.output.layout import records_digest
+from beam_curator.output.layout import FAILURES_DIR, FILTERED_DIR, record_file_name, records_digest
 from beam_curator.output.manifest import PartitionManifest, manifest_path
 from beam_curator.output.packing import WrittenShard, checksum
 from beam_curator.output.stats import Counts, Timings
-from beam_curator.records import FailureRecord, FilterRecord, record_files
+from beam_curator.records import FailureRecord, FilterRecord, failures_to_table, filtered_to_table
 from beam_curator.tasks import StagePerf
 
 __all__ = ["DuplicateOutputError", "PartitionLedger", "PartitionOutput", "commit_partition", "commit_shards",
-           "final_files"]
+           "final_files", "record_files"]
 
 
 class DuplicateOutputError(RuntimeError):
@@ -61,13 +61,14 @@ def commit_shards(shards: Sequence[WrittenShard], output_dir: str, *,
         by_name[shard.basename] = shard
     ordered = [by_name[name] for name in sorted(by_name)]
     final = {id(shard) for shard in already_final}
-    first, last = [], []
+    first: list[tuple[str, str]] = []
+    last: list[tuple[str, str]] = []
     for shard in ordered:
         if id(shard) in final:
             continue
         tar, parquet, *index = final_files(shard, output_dir)
         first.append((shard.temp_tar, tar))
-        if index:
+        if index and shard.temp_index:
             first.append((shard.temp_index, index[0]))
         last.append((shard.temp_parquet, parquet))
     storage.rename_many(first)
@@ -136,3 +137,32 @@ def commit_partition(ledger: PartitionLedger, output_dir: str, *, deterministic:
 
 def _entry(name: str, sums: tuple[int, str]) -> dict[str, Any]:
     return {"name": name, "sha256": sums[1], "size": sums[0]}
+
+
+def _failure_order(record: FailureRecord):
+    return record.member, record.key, record.stage, record.scope, record.error_class, record.message, record.image_id
+
+
+def _filtered_order(record: FilterRecord):
+    return record.member, record.key, record.image_id, record.stage, record.reason
+
+
+def record_files(records: Iterable[FailureRecord | FilterRecord], digest: str) -> list[tuple[str, bytes]]:
+    """The parquet files of a group of records, as (path relative to the output, bytes): failures under
+    `_failures/failures-{digest}.parquet`, filter records under `_filtered/filtered-{digest}.parquet`, a
+    file only for a kind that has records. Rows are sorted, so the same records give the same bytes."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    records = list(records)
+    failures = sorted((record for record in records if isinstance(record, FailureRecord)), key=_failure_order)
+    filtered = sorted((record for record in records if isinstance(record, FilterRecord)), key=_filtered_order)
+    files = []
+    for directory, table in ((FAILURES_DIR, failures_to_table(failures) if failures else None),
+                             (FILTERED_DIR, filtered_to_table(filtered) if filtered else None)):
+        if table is not None:
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            files.append((record_file_name(directory, digest), buffer.getvalue()))
+    return files

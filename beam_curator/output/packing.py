@@ -50,8 +50,8 @@ class PackingOptions:
 
     def naming_options(self) -> dict:
         """What the deterministic `{hash}` of the names digests besides the source files."""
-        options = {"images_per_tar": self.images_per_tar, "jpeg_quality": self.jpeg_quality,
-                   "force_reencode": self.force_reencode}
+        options: dict[str, int | bool | str] = {"images_per_tar": self.images_per_tar,
+                                                "jpeg_quality": self.jpeg_quality, "force_reencode": self.force_reencode}
         if self.output_format is not None:  # only then: the names of earlier outputs stay the same
             options["output_format"] = self.output_format
         return options
@@ -80,7 +80,7 @@ def prepare_image(obj: ImageObject, options: PackingOptions) -> PreparedImage:
     """The image member to write for obj: its original bytes while no stage changed its pixels (and
     the output format allows), else its pixels encoded as JPEG. ValueError or TypeError when it has
     nothing writable (the image then fails alone)."""
-    if obj.pixels_unchanged and not options.force_reencode:
+    if obj.image_bytes is not None and obj.pixels_unchanged and not options.force_reencode:
         if options.output_format is None:
             return PreparedImage(obj, obj.image_format, obj.image_bytes, obj.height, obj.width)
         if image_format(obj.image_bytes) == "jpeg":  # already what output_format asks: bytes pass through
@@ -202,7 +202,8 @@ class PartitionPacker:
         self._next_shard += 1
         temp_tar = storage.join(self._directory, f"{basename}.tar")
         handle = _HashingWriter(storage.create(temp_tar))
-        return _OpenShard(basename=basename, temp_tar=temp_tar, handle=handle, writer=TarShardWriter(handle))
+        return _OpenShard(basename=basename, temp_tar=temp_tar, handle=handle,
+                          writer=TarShardWriter(handle))  # type: ignore[arg-type]  # write() is all it uses
 
     def _write(self, shard: _OpenShard, image: PreparedImage) -> None:
         obj = image.obj
@@ -213,7 +214,7 @@ class PartitionPacker:
                 suffix += 1
             key = f"{key}_{suffix}"
         shard.keys.add(key)
-        members = [(image.extension, image.payload)] + sorted(obj.companions.items())
+        members = [(image.extension, image.payload), *sorted(obj.companions.items())]
         member_names = shard.writer.write_sample(key, members)
         shard.rows.append(
             MetadataRow.for_image(obj, key=key, tar_file=f"{shard.basename}.tar", member_name=member_names[0],
@@ -222,6 +223,7 @@ class PartitionPacker:
 
     def _close(self) -> WrittenShard:
         shard, self._shard = self._shard, None
+        assert shard is not None  # callers close only an open shard
         shard.writer.close()
         shard.handle.close()
         checksums = {"tar": shard.handle.checksum()}

@@ -23,7 +23,7 @@ from beam_curator.output.layout import STATS_FILE
 from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.tasks import StagePerf
 
-__all__ = ["STATS_FILE", "Counts", "RunStats", "Timings", "write_failed_stats", "write_success"]
+__all__ = ["STATS_FILE", "Counts", "RunStats", "Timings", "utc", "write_success"]
 
 # Figures only the readers count; summed over the stages that report them.
 READER_COUNTS = ("samples_read", "images_decoded", "shards_read", "images_decoded_by_pillow")
@@ -243,10 +243,11 @@ class RunStats:
         )
 
 
-def _utc(seconds: float) -> str:
+def utc(seconds: float) -> str:
+    """seconds since the epoch as ISO 8601 UTC, to the second."""
     import datetime
 
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
 
 
 def write_success(output_dir: str) -> str:
@@ -256,29 +257,3 @@ def write_success(output_dir: str) -> str:
     from beam_curator.output.layout import SUCCESS_FILE
 
     return storage.write_atomically(storage.join(output_dir, SUCCESS_FILE), b"beam-curator\n")
-
-
-def write_failed_stats(output_dir: str, reason: str, *, started: float, inputs: list[str], report: bool) -> RunStats:
-    """`_stats.json` of a run that failed before its last step: status failed, the reason, and the
-    counts of the partitions it committed (from their manifests); the report too when asked. Written
-    by the launcher, so on local runners and `--wait` runs only."""
-    import time
-
-    from beam_curator import storage
-    from beam_curator.output.manifest import read_manifests
-
-    counts = Counts.total(manifest.typed_counts() for manifest in read_manifests(output_dir))
-    finished = time.time()
-    stats = RunStats.from_counts(counts, timings={}, shards=0, seconds=finished - started, started=_utc(started),
-                                 finished=_utc(finished), inputs=inputs, status="failed",
-                                 reason=f"{reason} (the figures count the partitions committed before it failed)")
-    if report:
-        from beam_curator.output.layout import REPORT_DIR
-
-        stats.report = storage.join(output_dir, REPORT_DIR, "index.html")
-    storage.write_atomically(storage.join(output_dir, STATS_FILE), stats.to_json().encode())
-    if report:
-        from beam_curator.report.page import write_report
-
-        write_report(output_dir)
-    return stats

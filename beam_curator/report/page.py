@@ -101,6 +101,11 @@ def _plots(columns: dict[str, np.ndarray], filtered: list[dict], options: dict) 
     return plots
 
 
+def _member_bytes(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = archive.extractfile(member)
+    return handle.read() if handle is not None else b""
+
+
 def _image(data: bytes, label: str, title: str) -> dict:
     return {"data": base64.b64encode(data).decode(), "label": label, "title": title}
 
@@ -112,15 +117,15 @@ def _kept_sheet(output: str, sheet_size: int, seed: int) -> list[dict]:
     chosen = sorted(rng.sample(tars, min(SAMPLE_TARS, len(tars))))
     images = []
     for path in chosen:
-        rows = _read_parquet(path[: -len(".tar")] + ".parquet", ["member_name", "image_id"])
+        rows = _read_parquet(path[: -len(".tar")] + ".parquet", ["member_name", "image_id", "original_key"])
         wanted = {row["member_name"]: row for row in rng.sample(rows, min(len(rows), sheet_size // max(1, len(chosen))))}
         with storage.open_read(path) as handle, tarfile.open(fileobj=handle, mode="r|") as archive:
             for member in archive:
                 row = wanted.pop(member.name, None)
                 if row is not None:
-                    thumbnail = thumbnail_from_bytes(archive.extractfile(member).read())
+                    thumbnail = thumbnail_from_bytes(_member_bytes(archive, member))
                     if thumbnail:
-                        images.append(_image(thumbnail, row["image_id"].rsplit("/", 1)[-1], row["image_id"]))
+                        images.append(_image(thumbnail, row["original_key"], row["image_id"]))
                 if not wanted:
                     break
     return images
@@ -138,7 +143,7 @@ def _thumbnails_of_written(output: str, image_ids: set[str]) -> dict[str, bytes]
             for member in archive:
                 image_id = members.pop(member.name, None)
                 if image_id is not None:
-                    thumbnails[image_id] = thumbnail_from_bytes(archive.extractfile(member).read())
+                    thumbnails[image_id] = thumbnail_from_bytes(_member_bytes(archive, member))
                 if not members:
                     break
     return {image_id: data for image_id, data in thumbnails.items() if data}
@@ -151,7 +156,7 @@ def _keep_policy(removal_dir: str | None) -> str | None:
     try:
         with storage.open_read(storage.join(removal_dir, DEDUP_SUMMARY_FILE)) as handle:
             return json.loads(handle.read()).get("keep")
-    except Exception:  # noqa: BLE001 - an older list, or one written by hand: the sheet goes without it
+    except Exception:  # an older list, or one written by hand: the sheet goes without it
         return None
 
 
@@ -164,7 +169,7 @@ _POLICIES = {"largest": "the copy with the most pixels (then the larger file, th
 def _duplicate_sheet(output: str, rows: list[dict], removal_dir: str | None, sheet_size: int) -> dict:
     """Each removed duplicate beside the image kept in its place (its record's kept_id)."""
     rows = [row for row in rows if row["thumbnail"]][: sheet_size // 2]
-    kept_of = {row["image_id"]: row.get("kept_id") for row in rows if row.get("kept_id")}
+    kept_of: dict[str, str] = {row["image_id"]: row["kept_id"] for row in rows if row.get("kept_id")}
     kept = _thumbnails_of_written(output, set(kept_of.values())) if kept_of else {}
     images = []
     for row in rows:
@@ -183,8 +188,8 @@ def score_text(score: float, threshold: float | None) -> str:
     not "0.5"), at least 5 significant ones."""
     for digits in range(5, 17):
         text = f"{score:.{digits}g}"
-        if threshold is None or score == threshold or float(text) != threshold and (
-                (float(text) < threshold) == (score < threshold)):
+        if threshold is None or score == threshold or (float(text) != threshold and (
+                (float(text) < threshold) == (score < threshold))):
             return text
     return repr(score)
 
@@ -255,10 +260,7 @@ def write_report(output: str, *, sheet_size: int = SHEET_SIZE, seed: int = 0) ->
         filtered_by_stage=sorted(stats.filtered_by_stage.items()),
         dedup_stage=DEDUP_STAGE,
         plots=_plots(_columns(output), filtered, stats.options or {}),
-        sheets=[{"name": "kept", "title": f"kept: a random sample of up to {sheet_size} images, from at most "
-                                          f"{SAMPLE_TARS} tars",
-                 "images": _kept_sheet(output, sheet_size, seed)}]
-        + _filter_sheets(output, filtered, sheet_size, (stats.options or {}).get("remove_duplicates")),
+        sheets=[{"name": "kept", "title": f"kept: a random sample of up to {sheet_size} images, from at most " f"{SAMPLE_TARS} tars", "images": _kept_sheet(output, sheet_size, seed)}, *_filter_sheets(output, filtered, sheet_size, (stats.options or {}).get("remove_duplicates"))],
         failures=failures[:FAILURES_SHOWN],
         failures_left_out=max(0, len(failures) - FAILURES_SHOWN),
         stage_rows=[(stage, {"seconds": figures.get("seconds"), "batches": figures.get("batches"),

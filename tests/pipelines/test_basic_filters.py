@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -75,7 +76,7 @@ def test_curate_with_basic_filters_accounts_for_every_image(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert cli.main(["curate", str(inputs), "--output", out, "--min-size", "56", "--min-caption-words", "8",
                      "--no-progress"]) == 0
-    stats = json.loads(open(f"{out}/_stats.json").read())
+    stats = json.loads(Path(f"{out}/_stats.json").read_text())
     filtered = pq.read_table(glob.glob(f"{out}/_filtered/*.parquet")).to_pylist()
     written = pq.read_table(glob.glob(f"{out}/*.parquet")).to_pylist()
     assert stats["reconciles"] and stats["samples_read"] == 15

@@ -9,6 +9,7 @@ import os
 import pickle
 import struct
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -73,7 +74,7 @@ def test_truncated_jpeg(tmp_path):
 
 
 def test_corrupt_bytes(tmp_path):
-    path, images, (failure,) = around(tmp_path, Sample("junk", {"png": os.urandom(3000)}))
+    _path, _images, (failure,) = around(tmp_path, Sample("junk", {"png": os.urandom(3000)}))
     assert (failure.member, failure.scope, failure.error_class) == ("junk.png", "sample", "ImageDecodeError")
     assert "Pillow: UnidentifiedImageError: cannot identify image file" in failure.message
 
@@ -85,7 +86,7 @@ def test_zero_bytes(tmp_path):
 
 def test_unknown_format(tmp_path):
     pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n"
-    path, _, (failure,) = around(tmp_path, Sample("doc", {"jpg": pdf}))
+    _path, _, (failure,) = around(tmp_path, Sample("doc", {"jpg": pdf}))
     assert (failure.member, failure.error_class) == ("doc.jpg", "ImageDecodeError")
 
 
@@ -98,7 +99,7 @@ def _lying_jpeg(width, height):
 
 
 def test_lying_header_fails_before_allocation(tmp_path):
-    path, _, failures = around(tmp_path, Sample("bomb", {"jpg": _lying_jpeg(30000, 30000)}))
+    _path, _, failures = around(tmp_path, Sample("bomb", {"jpg": _lying_jpeg(30000, 30000)}))
     assert [(f.member, f.error_class) for f in failures] == [("bomb.jpg", "ImageTooLarge")]
     assert "900000000 pixels" in failures[0].message and "max_image_pixels=89478485" in failures[0].message
 
@@ -140,7 +141,7 @@ def test_not_a_tar(tmp_path):
 
 
 def _damaged(tmp_path, name, samples, cut, compress=False):
-    data = open(write_tar(str(tmp_path / "intact.tar"), samples), "rb").read()
+    data = Path(write_tar(str(tmp_path / "intact.tar"), samples)).read_bytes()
     path = tmp_path / name
     path.write_bytes(cut(gzip.compress(data, mtime=0) if compress else data))
     return path
@@ -223,7 +224,7 @@ FORMATS = {
 @pytest.mark.parametrize("name", sorted(FORMATS))
 def test_format_decodes_to_rgb(tmp_path, name):
     key, extension = name.split(".")
-    path, images, failures = around(tmp_path, Sample(key, {extension: FORMATS[name]()}))
+    _path, images, failures = around(tmp_path, Sample(key, {extension: FORMATS[name]()}))
     assert failures == []
     (obj,) = images
     assert obj.image_data.dtype == np.uint8 and obj.image_data.shape == (32, 48, 3)
@@ -231,12 +232,12 @@ def test_format_decodes_to_rgb(tmp_path, name):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    path, (obj,), _ = around(tmp_path, Sample("turned", {"jpg": _exif_rotated()}))
+    _path, (obj,), _ = around(tmp_path, Sample("turned", {"jpg": _exif_rotated()}))
     assert obj.image_data.shape == (48, 32, 3)  # stored 48 wide, displayed 32 wide
 
 
 def test_gif_gives_its_first_frame(tmp_path):
-    path, (obj,), _ = around(tmp_path, Sample("anim", {"gif": FORMATS["anim.gif"]()}))
+    _path, (obj,), _ = around(tmp_path, Sample("anim", {"gif": FORMATS["anim.gif"]()}))
     first = np.asarray(Image.open(io.BytesIO(FORMATS["anim.gif"]())).convert("RGB"))
     np.testing.assert_array_equal(obj.image_data, first)
 
@@ -286,21 +287,21 @@ class _Boom:
 
 def test_companions_are_bytes_never_unpickled(tmp_path):
     payload = pickle.dumps(_Boom())
-    path, (obj,), failures = around(tmp_path, Sample("pk", {"jpg": encode(make_image(52)), "pyd": payload,
+    _path, (obj,), failures = around(tmp_path, Sample("pk", {"jpg": encode(make_image(52)), "pyd": payload,
                                                              "pickle": payload}))
     assert failures == [] and obj.companions == {"pyd": payload, "pickle": payload}
     assert not os.path.exists("/tmp/beam_curator_was_unpickled")
 
 
 def test_invalid_utf8_caption_fails_the_companion_not_the_image(tmp_path):
-    path, (obj,), (failure,) = around(tmp_path, Sample("latin", {"jpg": encode(make_image(53)), "txt": b"caf\xe9",
+    _path, (obj,), (failure,) = around(tmp_path, Sample("latin", {"jpg": encode(make_image(53)), "txt": b"caf\xe9",
                                                                   "json": b"{}"}))
     assert obj.caption is None and obj.companions == {"json": b"{}"}
     assert (failure.member, failure.scope, failure.error_class) == ("latin.txt", "companion", "UnicodeDecodeError")
 
 
 def test_invalid_json_fails_the_companion_not_the_image(tmp_path):
-    path, (obj,), (failure,) = around(tmp_path, Sample("js", {"jpg": encode(make_image(54)), "json": b"{oops",
+    _path, (obj,), (failure,) = around(tmp_path, Sample("js", {"jpg": encode(make_image(54)), "json": b"{oops",
                                                               "txt": b"fine"}))
     assert obj.caption == "fine" and "json" not in obj.companions
     assert (failure.member, failure.scope, failure.error_class) == ("js.json", "companion", "JSONDecodeError")
@@ -309,7 +310,7 @@ def test_invalid_json_fails_the_companion_not_the_image(tmp_path):
 # --- tar edge cases ----------------------------------------------------------------------------
 
 def test_keys_with_dots_in_directories(tmp_path):
-    path, (obj,), failures = around(tmp_path, Sample("v1.2/img", {"jpg": encode(make_image(55))}))
+    _path, (obj,), failures = around(tmp_path, Sample("v1.2/img", {"jpg": encode(make_image(55))}))
     assert failures == [] and obj.key == "v1.2/img"  # the dot is in a directory, not in the basename
 
 
@@ -422,7 +423,7 @@ def test_corrupt_bz2_is_damage(tmp_path):
     samples = [Sample(f"k{i}", {"jpg": encode(make_image(80 + i))}) for i in range(4)]
     path = _damaged(tmp_path, "bad.tar.bz2", samples,
                     lambda data: bz2.compress(data)[:100] + bytes(200) + bz2.compress(data)[300:])
-    images, (failure,) = read([path])
+    _images, (failure,) = read([path])
     assert failure.scope == "shard" and failure.source == str(path)
 
 

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,7 +25,7 @@ def test_make_sample_then_curate_reconciles(tmp_path, capsys, monkeypatch):
     assert report == f"report: {out}/_report/index.html" and os.path.exists(f"{out}/_report/index.html")
     assert reconciliation == "reconciliation: 12 read = 12 written + 0 failed + 0 filtered: ok"
     assert "progress: " in captured.err and "shards (" in captured.err and "ETA" in captured.err
-    stats = json.load(open(f"{out}/_stats.json"))
+    stats = json.loads(Path(f"{out}/_stats.json").read_text())
     assert stats["samples_read"] == stats["images_decoded"] == stats["images_written"] == 12
     assert stats["images_failed"] == stats["images_filtered"] == 0 and stats["reconciles"] is True
     assert stats["shards"] == stats["shards_read"] == 2 and stats["tars_written"] == 4  # 4 + 2 per shard
@@ -81,7 +82,7 @@ def test_python_dash_m_and_console_script(tmp_path):
     done = subprocess.run([sys.executable, "-m", "beam_curator", "curate", source, "--output", out,
                            "--num-gpus-per-worker", "0"], check=True, capture_output=True, text=True)
     assert "written: 3" in done.stdout
-    assert json.load(open(f"{out}/_stats.json"))["images_written"] == 3
+    assert json.loads(Path(f"{out}/_stats.json").read_text())["images_written"] == 3
 
 
 def test_progress_reporter_sums_worker_files(tmp_path):

@@ -96,8 +96,7 @@ def test_an_undecodable_image_is_named_once(tmp_path, runner_options):
     source.mkdir()
     kind, corrupt_png = make_case(0, 24, base_images())  # sound headers, random IDAT data: DALI fails it
     assert kind == "png/idat_random"
-    samples = make_samples(0, 4) + [Sample("broken", {"jpg": b"\xff\xd8\xff\xe0" + bytes(300), "txt": b"x"}),
-                                    Sample("corrupt", {"png": corrupt_png})]
+    samples = [*make_samples(0, 4), Sample("broken", {"jpg": b"\xff\xd8\xff\xe0" + bytes(300), "txt": b"x"}), Sample("corrupt", {"png": corrupt_png})]
     write_tar(str(source / "a.tar"), samples)
     done = _run_cli("curate", str(source), "--output", str(tmp_path / "out"), *runner_options)
     assert done.returncode == 0

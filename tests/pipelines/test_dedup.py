@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -125,7 +126,7 @@ def test_removal_in_curate_leaves_input_minus_removed(planted):
     assert written == everything - removed
     assert sorted(row["image_id"] for row in filtered) == sorted(removed)  # each once
     assert {row["stage"] for row in filtered} == {"image_dedup_filter"}
-    stats = json.loads(open(f"{out}/_stats.json").read())
+    stats = json.loads(Path(f"{out}/_stats.json").read_text())
     assert stats["filtered_by_stage"] == {"image_dedup_filter": len(removed)} and stats["reconciles"]
 
 
@@ -180,7 +181,7 @@ def test_dedup_is_the_same_on_two_worker_processes(planted, method, tmp_path):
                      "--direct_running_mode=multi_processing"]) == 0
 
     def files(directory):
-        return {os.path.basename(p): open(p, "rb").read() for p in glob.glob(f"{directory}/duplicates-*.parquet")}
+        return {os.path.basename(p): Path(p).read_bytes() for p in glob.glob(f"{directory}/duplicates-*.parquet")}
 
     assert files(one) == files(two) and files(one)
 
@@ -227,7 +228,7 @@ def test_prune_removes_without_decoding_and_keeps_bytes_and_columns(planted):
             assert new[f"{row['key']}.{extension}"] == old[f"{was['key']}.{extension}"]
     filtered = pq.read_table(glob.glob(f"{out}/_filtered/*.parquet")).to_pylist()
     assert sorted(row["image_id"] for row in filtered) == sorted(removed)
-    stats = json.loads(open(f"{out}/_stats.json").read())
+    stats = json.loads(Path(f"{out}/_stats.json").read_text())
     assert stats["images_decoded"] == 0 and stats["reconciles"] and stats["samples_read"] == 64
     assert stats["images_written"] == 64 - len(removed)
 

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from tests.support.helpers import curate, loopback_server, output_digests
+from tests.support.helpers import curate, loopback_server
+from tests.support.output import digests
 
 RUNNERS = {
     "fnapi-1-worker": ["--runner=FnApiRunner"],
@@ -23,7 +24,7 @@ def job_endpoint(tmp_path_factory):
 
 
 def _digests(out):
-    return {name: digest for name, digest in output_digests(out).items() if name != "_stats.json"}
+    return digests(out, run_files=False)
 
 
 def test_output_is_byte_identical_across_runners(tmp_path, make_dataset, job_endpoint):

@@ -4,7 +4,6 @@ error reaches the user every time, whatever the decoder's threads do; a failed r
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import subprocess
@@ -16,18 +15,9 @@ import pytest
 
 from beam_curator import cli
 from tests.support.helpers import make_samples, write_tar
+from tests.support.output import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
-
-
-def _digests(directory: str) -> dict[str, str]:
-    found = {}
-    for folder, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, directory)] = hashlib.sha256(handle.read()).hexdigest()
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +112,7 @@ WRONG = [
 
 @pytest.mark.parametrize("what, argv, fragment, output", WRONG, ids=[case[0] for case in WRONG])
 def test_a_wrong_invocation_is_one_line_and_writes_nothing(world, capsys, what, argv, fragment, output):
-    before = _digests(str(world / output)) if output and (world / output).exists() else None
+    before = digests(str(world / output)) if output and (world / output).exists() else None
     code = cli.main(argv.format(root=world).split())
     err = capsys.readouterr().err
     problems = [line for line in err.splitlines() if line.startswith("beam-curator")]
@@ -130,7 +120,7 @@ def test_a_wrong_invocation_is_one_line_and_writes_nothing(world, capsys, what, 
     assert "error:" in problems[0] and fragment in problems[0], problems[0]
     assert "Traceback" not in err
     if output:
-        after = _digests(str(world / output)) if (world / output).exists() else None
+        after = digests(str(world / output)) if (world / output).exists() else None
         assert after == before, f"{output} changed"
     assert not glob.glob(f"{world}/**/.beam_curator-temp-*", recursive=True)
 

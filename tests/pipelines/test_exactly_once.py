@@ -16,7 +16,8 @@ from beam_curator.formats.webdataset import TarShardWriter
 from beam_curator.output import commit
 from beam_curator.transforms import ImageReaderStage, ImageWriterStage
 from beam_curator.transforms.io import image_writer
-from tests.support.helpers import curate, output_digests, reader_fn, run_in_bundle, task_of
+from tests.support.helpers import curate, reader_fn, run_in_bundle, task_of
+from tests.support.output import digests
 
 RETRYING_RUNNER = ["--runner=BundleBasedDirectRunner"]
 
@@ -37,7 +38,7 @@ def assert_exactly_once(out, dataset):
 
 
 def _digests(out):
-    return {name: digest for name, digest in output_digests(out).items() if name != "_stats.json"}
+    return digests(out, run_files=False)
 
 
 def test_writer_failing_on_first_attempts_is_retried_exactly_once(tmp_path, make_dataset, monkeypatch):
@@ -117,7 +118,7 @@ def test_a_second_commit_of_a_partition_changes_nothing(tmp_path, make_dataset):
     """A retried bundle, or a speculative copy of it, commits the same partitions again: same bytes,
     same names, same manifests, so the output is the same as after one commit."""
     dataset = make_dataset(shards=2, per_shard=5)
-    writer, temp_dir, first = _written_shards(dataset, tmp_path, images_per_tar=2)
+    writer, temp_dir, _first = _written_shards(dataset, tmp_path, images_per_tar=2)
     after_one = _digests(writer.output_dir)
     assert len([name for name in after_one if name.startswith("_partitions/")]) == 2
     _, _, second = _written_shards(dataset, tmp_path, images_per_tar=2)  # the second attempt

@@ -2,6 +2,7 @@
 
 import io
 import os
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,7 @@ def _valid_shard(directory) -> bytes:
     global _SHARD
     if _SHARD is None:
         samples = make_samples(7, 6)
-        _SHARD = open(write_tar(os.path.join(directory, "valid.tar"), samples), "rb").read()
+        _SHARD = Path(write_tar(os.path.join(directory, "valid.tar"), samples)).read_bytes()
     return _SHARD
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from beam_curator import cli
 from beam_curator.transforms import FilePartitioningStage, ImageReaderStage
 from tests.support.helpers import Sample, encode, make_image, reader_fn, run_in_bundle, write_tar
+from tests.support.output import image_digests, rows
 
 KEYS = [f"k{index:02d}" for index in range(10)]
 
@@ -34,22 +35,6 @@ def _images(seed: int) -> list[bytes]:
 def _shard(path, images: list[bytes]) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return write_tar(str(path), [Sample(key, {"jpg": data, "txt": key.encode()}) for key, data in zip(KEYS, images)])
-
-
-def _written(directory) -> list[str]:
-    """The sha256 of every image member written under directory (all its tars), sorted."""
-    import tarfile
-
-    found = []
-    for path in sorted(glob.glob(f"{directory}/images-*.tar")):
-        with tarfile.open(path) as archive:
-            found += [_sha(archive.extractfile(m).read()) for m in archive.getmembers() if m.name.endswith(".jpg")]
-    return sorted(found)
-
-
-def _rows(directory) -> list[dict]:
-    files = sorted(glob.glob(f"{directory}/images-*.parquet"))
-    return pq.read_table(files).to_pylist() if files else []
 
 
 def _main(*argv) -> int:
@@ -71,7 +56,7 @@ def crawls(tmp_path):
 
 def test_two_crawls_with_the_same_names_lose_no_unique_image(crawls, capsys):
     root, unique = crawls
-    ids = [row["image_id"] for out in ("cC", "cD") for row in _rows(root / out)]
+    ids = [row["image_id"] for out in ("cC", "cD") for row in rows(root / out)]
     assert len(ids) == len(set(ids)) == 40  # same shard names and keys, different images: different ids
     assert _main("dedup", str(root / "cC"), str(root / "cD"), "--method", "exact", "--output", str(root / "R")) == 0
     removal = pq.read_table(str(root / "R")).to_pylist()
@@ -79,7 +64,7 @@ def test_two_crawls_with_the_same_names_lose_no_unique_image(crawls, capsys):
     # prune: every unique image exactly once
     assert _main("prune", str(root / "cC"), str(root / "cD"), "--remove-duplicates", str(root / "R"),
                  "--output", str(root / "P2")) == 0
-    assert _written(root / "P2") == sorted(unique)
+    assert image_digests(root / "P2") == sorted(unique)
     filtered = pq.read_table(glob.glob(f"{root}/P2/_filtered/*.parquet")).to_pylist()
     kept_of = {row["id"]: row["kept_id"] for row in removal}
     assert {(row["image_id"], row["kept_id"], row["method"]) for row in filtered} == {
@@ -87,7 +72,7 @@ def test_two_crawls_with_the_same_names_lose_no_unique_image(crawls, capsys):
     # curate the raw crawls again with the list: the same images survive
     assert _main("curate", str(root / "crawlC"), str(root / "crawlD"), "--remove-duplicates", str(root / "R"),
                  "--output", str(root / "again")) == 0
-    assert _written(root / "again") == sorted(unique)
+    assert image_digests(root / "again") == sorted(unique)
     assert "matched 10 of 10" in capsys.readouterr().out
 
 
@@ -102,11 +87,11 @@ def test_a_removal_list_made_after_curate_a_matches_after_curate_a_b(tmp_path):
     assert len(listed) == 5
     assert _main("curate", str(tmp_path / "ds"), str(tmp_path / "more"), "--remove-duplicates", str(tmp_path / "R"),
                  "--output", str(tmp_path / "AB")) == 0
-    ids_a = {row["image_id"] for row in _rows(tmp_path / "A")}
-    ids_ab = {row["image_id"] for row in _rows(tmp_path / "AB")}
+    ids_a = {row["image_id"] for row in rows(tmp_path / "A")}
+    ids_ab = {row["image_id"] for row in rows(tmp_path / "AB")}
     assert ids_ab & listed == set() and ids_a - listed <= ids_ab  # the same images, by the same ids
     expected = sorted({_sha(image) for image in P + _images(6)[5:] + B})
-    assert _written(tmp_path / "AB") == expected
+    assert image_digests(tmp_path / "AB") == expected
     stats = json.loads((tmp_path / "AB" / "_stats.json").read_text())
     assert stats["filtered_by_stage"] == {"image_dedup_filter": 5}
 
@@ -119,7 +104,7 @@ def test_an_output_inside_its_input_is_never_read_back(tmp_path, caplog):
     expected = sorted(_sha(image) for image in images)
     for output, extra in (("curated", ()), ("curated2", ()), ("curated", ("--overwrite",))):
         assert _main("curate", str(data), "--output", str(data / output), *extra) == 0
-        assert _written(data / output) == expected  # every image once: no earlier output read
+        assert image_digests(data / output) == expected  # every image once: no earlier output read
         stats = json.loads((data / output / "_stats.json").read_text())
         assert (stats["samples_read"], stats["shards_read"], stats["shards_failed"]) == (20, 2, 0)
     listing = FilePartitioningStage(str(data), exclude=[str(data / "curated")]).partitions()
@@ -130,10 +115,10 @@ def test_an_output_given_as_input_keeps_its_ids(tmp_path):
     _shard(tmp_path / "raw" / "x.tar", _images(9))
     assert _main("curate", str(tmp_path / "raw"), "--output", str(tmp_path / "one")) == 0
     assert _main("curate", str(tmp_path / "one"), "--output", str(tmp_path / "two"), "--min-size", "1") == 0
-    first, second = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    first, second = rows(tmp_path / "one"), rows(tmp_path / "two")
     assert [(r["image_id"], r["original_path"], r["original_key"], r["sha256"]) for r in first] == [
         (r["image_id"], r["original_path"], r["original_key"], r["sha256"]) for r in second]
-    assert _written(tmp_path / "one") == _written(tmp_path / "two")
+    assert image_digests(tmp_path / "one") == image_digests(tmp_path / "two")
 
 
 def test_an_input_inside_the_output_is_refused(tmp_path, capsys):
@@ -213,23 +198,23 @@ def test_dedup_keeps_the_largest_copy(tmp_path, capsys):
     write_tar(str(tmp_path / "in" / "z.tar"), [Sample(name, {"jpg": data}) for name, data in [
         ("a_q40", copies["q40"]), ("b_small", copies["small"]), ("c_other", other), ("z_orig", copies["orig"])]])
     assert _main("curate", str(tmp_path / "in"), "--output", str(tmp_path / "cur"), "--phash") == 0
-    key_of = {row["image_id"]: row["original_key"] for row in _rows(tmp_path / "cur")}
+    key_of = {row["image_id"]: row["original_key"] for row in rows(tmp_path / "cur")}
     for keep, kept in (("largest", "z_orig"), ("smallest-id", None)):
         out = tmp_path / f"r-{keep}"
         assert _main("dedup", str(tmp_path / "cur"), "--method", "perceptual", "--keep", keep, "--output",
                      str(out)) == 0
-        rows = pq.read_table(str(out)).to_pylist()
-        assert {key_of[row["id"]] for row in rows} | {key_of[row["kept_id"]] for row in rows} == {
+        removal = pq.read_table(str(out)).to_pylist()
+        assert {key_of[row["id"]] for row in removal} | {key_of[row["kept_id"]] for row in removal} == {
             "a_q40", "b_small", "z_orig"}
-        kept_ids = {row["kept_id"] for row in rows}
-        assert len(kept_ids) == 1 and {row["keep"] for row in rows} == {keep}
+        kept_ids = {row["kept_id"] for row in removal}
+        assert len(kept_ids) == 1 and {row["keep"] for row in removal} == {keep}
         if kept:
             assert key_of[kept_ids.pop()] == kept
         else:
             assert kept_ids.pop() == min(image_id for image_id, key in key_of.items() if key != "c_other")
     assert _main("prune", str(tmp_path / "cur"), "--remove-duplicates", str(tmp_path / "r-largest"), "--output",
                  str(tmp_path / "pruned")) == 0
-    assert _written(tmp_path / "pruned") == sorted([_sha(copies["orig"]), _sha(other)])
+    assert image_digests(tmp_path / "pruned") == sorted([_sha(copies["orig"]), _sha(other)])
 
 
 def _embeddings_output(directory, vectors: np.ndarray, sizes: list[tuple[int, int, int]], prefix="img") -> list[str]:
@@ -280,7 +265,7 @@ def test_perceptual_dedup_without_phash_is_refused(crawls, capsys):
     assert "phash" in capsys.readouterr().err and not (root / "r").exists()
 
 
-def test_a_removal_list_that_matches_nothing_is_refused_before_anything_is_written(crawls, tmp_path, capsys):
+def test_a_removal_list_that_matches_nothing_is_refused_before_anything_isimage_digests(crawls, tmp_path, capsys):
     root, _ = crawls
     assert _main("dedup", str(root / "cC"), str(root / "cD"), "--output", str(root / "R")) == 0
     _shard(tmp_path / "elsewhere" / "e.tar", _images(30))

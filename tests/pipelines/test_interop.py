@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -42,7 +43,7 @@ def curated(tmp_path_factory):
 
 
 def test_every_input_sample_is_in_the_output_once(curated):
-    out, expected, rows = curated
+    _out, expected, rows = curated
     assert len(rows) == len(expected) == 17
     assert {row["original_key"] for row in rows} >= set(AWKWARD_KEYS)
     mapped = [row["key"] for row in rows if row["original_key"] in AWKWARD_KEYS]
@@ -129,5 +130,5 @@ def test_index_files_sit_beside_their_tars(curated):
     for tar in tars:
         with tarfile.open(tar) as archive:
             count = len({m.name.split(".")[0] for m in archive.getmembers()})
-        assert open(tar[:-4] + ".idx").readline() == f"v1.2 {count}\n"
+        assert Path(tar[:-4] + ".idx").read_text().splitlines(keepends=True)[0] == f"v1.2 {count}\n"
 

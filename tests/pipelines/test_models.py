@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -28,7 +29,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _manifest(exported):
-    return json.loads(open(os.path.join(exported.model_dir, MANIFEST_FILE)).read())
+    return json.loads(Path(os.path.join(exported.model_dir, MANIFEST_FILE)).read_text())
 
 
 def _model(exported, role) -> OnnxModel:
@@ -101,7 +102,7 @@ def test_heads_equal_their_numpy_forward(exported_models):
                                                                   weights_only=True).items()}
     nsfw = _model(exported_models, "nsfw").run_in_chunks(embeddings, 32)
     assert np.abs(nsfw - nsfw_numpy(nsfw_state, embeddings)).max() < 1e-4
-    assert ((0 < nsfw) & (nsfw < 1)).all()
+    assert ((nsfw > 0) & (nsfw < 1)).all()
 
 
 def test_export_refuses_heads_that_are_not_the_real_architecture(exported_models, tmp_path):
@@ -253,7 +254,7 @@ def test_curate_with_every_model_stage_accounts_for_every_image(exported_models,
     assert all(row["embedding"] is None for row in written)  # computed for the filters, not stored without --embed
     uncaptioned = {s.key for s in samples if "txt" not in s.members}
     assert all((row["clip_score"] is None) == (row["original_key"] in uncaptioned) for row in written)
-    stats = json.loads(open(f"{out}/_stats.json").read())
+    stats = json.loads(Path(f"{out}/_stats.json").read_text())
     assert stats["filtered_by_stage"] == {stage: len(rows) for stage, rows in by_stage.items()}
     assert stats["options"]["model_dir"] == exported_models.model_dir
 
@@ -417,7 +418,7 @@ def test_export_then_curate_the_sample_dataset_from_the_command_line(exported_mo
     printed = command("curate", sample, "--output", str(tmp_path / "out"), "--model-dir", model_dir,
                       "--aesthetic-threshold", repr(aesthetic), "--nsfw-threshold", repr(nsfw), "--no-progress")
     lines = printed.strip().splitlines()
-    stats = json.loads(open(tmp_path / "out" / "_stats.json").read())
+    stats = json.loads(Path(tmp_path / "out" / "_stats.json").read_text())
     by_stage = stats["filtered_by_stage"]
     assert by_stage["aesthetic_filter"] > 0 and by_stage["nsfw_filter"] > 0
     assert f"  aesthetic_filter: {by_stage['aesthetic_filter']} filtered, 0 failed" in lines

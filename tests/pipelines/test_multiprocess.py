@@ -28,7 +28,7 @@ def test_two_worker_processes_build_one_pipeline_each(tmp_path, make_dataset):
     result = run_pipeline(build, MULTI_PROCESS)
     pipelines_by_pid = defaultdict(set)
     for batch in read_collected(written_dir):
-        host, pid, pipeline_id = batch._metadata["dali_pipeline"].split(":")
+        _host, pid, pipeline_id = batch._metadata["dali_pipeline"].split(":")
         pipelines_by_pid[pid].add(pipeline_id)
     counts = query_counters(result)
     assert all(len(ids) == 1 for ids in pipelines_by_pid.values())  # never two pipelines in one process

@@ -188,7 +188,7 @@ def test_each_batch_carries_exactly_its_own_counts(tmp_path):
 
     good = [Sample(f"g{index}", {"jpg": encode(make_image(index))}) for index in range(9)]
     cut = encode(make_image(99, 200, 150))
-    samples = good[:5] + [Sample("cut", {"jpg": cut[: len(cut) // 2]})] + good[5:]
+    samples = [*good[:5], Sample("cut", {"jpg": cut[:len(cut) // 2]}), *good[5:]]
     shard = write_tar(str(tmp_path / "s.tar"), samples)
     batches = [out for out in run_in_bundle(_direct_fn(dali_batch_size=4), [task_of([shard])])
                if isinstance(out, ImageBatch)]

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_the_report_opens_in_chromium_with_everything_in_it(full_run):
     assert body["data-errors"] == "0"  # no script error on the page
     assert int(body["data-images"]) > 20 and body["data-broken-images"] == "0"  # every image loads
 
-    stats = json.loads(open(os.path.join(full_run, "_stats.json")).read())
+    stats = json.loads(Path(os.path.join(full_run, "_stats.json")).read_text())
     counts = {attrs["data-count"]: "".join(text).strip() for _, attrs, text in parser.elements if "data-count" in attrs}
     assert counts == {name: str(stats[name]) for name in ("shards", "samples_read", "images_failed",
                                                           "images_filtered", "images_written")}
@@ -175,13 +176,13 @@ def test_every_built_in_stage_between_reader_and_writer_on_two_worker_processes(
         out = str(tmp_path / name)
         assert cli.main(["curate", full_run.inputs, "--output", out, *full_run.every_stage, "--no-progress",
                          "--no-report", *runner]) == 0
-        stats = json.loads(open(os.path.join(out, "_stats.json")).read())
+        stats = json.loads(Path(os.path.join(out, "_stats.json")).read_text())
         assert stats["reconciles"] and stats["images_failed"] == 1 and stats["samples_read"] == 49
         assert set(stats["filtered_by_stage"]) == {"image_dedup_filter", "image_size_filter", "caption_filter",
                                                    "aesthetic_filter", "nsfw_filter", "clip_score_filter"}
         assert all(count > 0 for count in stats["filtered_by_stage"].values())
         assert stats["stages"]["phash"]["in"] == stats["stages"]["phash"]["kept"] > 0
-        outputs[name] = {os.path.relpath(path, out): open(path, "rb").read()
+        outputs[name] = {os.path.relpath(path, out): Path(path).read_bytes()
                          for path in glob.glob(f"{out}/**/*.*", recursive=True) if not path.endswith(".json")}
     assert outputs["one"] == outputs["two"] and any(path.startswith("_filtered") for path in outputs["one"])
 
@@ -203,6 +204,6 @@ def test_histogram_svg_draws_each_bin_with_its_height_and_the_threshold():
     assert heights == [full / 2, full / 2, full]  # the bins of 1.0, 3.0 (1 each) and 0.0 (2: the top)
     texts = [text.text for text in root.iter(f"{ns}text")]
     assert "written (3)" in texts and "dropped (1)" in texts and "threshold 2" in texts
-    assert [line.get("stroke-dasharray") for line in root.iter(f"{ns}line")][0] == "4 3"
+    assert next(line.get("stroke-dasharray") for line in root.iter(f"{ns}line")) == "4 3"
     assert BINS == 30
     assert "no measured values" in histogram_svg("empty", [("written", np.array([np.nan]))])

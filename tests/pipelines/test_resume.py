@@ -2,7 +2,6 @@
 output is byte for byte an uninterrupted run's. The jobs run as subprocesses killed with SIGKILL."""
 
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -10,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from beam_curator.output.manifest import read_manifests
 from beam_curator.transforms import ImageWriterStage
 from tests.support.helpers import Sample, build_dataset, write_tar
+from tests.support.output import digests, temporary_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 SHARDS = 20
@@ -66,20 +67,12 @@ def _stats(out):
 
 
 def _files(out):
-    """Every file of the output but the stats and the report, with its sha256."""
-    found = {}
-    for path in glob.glob(os.path.join(out, "**", "*"), recursive=True) + glob.glob(os.path.join(out, "**", ".*"),
-                                                                                   recursive=True):
-        relative = os.path.relpath(path, out)
-        if os.path.isfile(path) and relative != "_stats.json" and not relative.startswith("_report"):
-            with open(path, "rb") as handle:
-                found[relative] = hashlib.sha256(handle.read()).hexdigest()
-    return found
+    """Every file of the output but what a run writes about itself (_stats.json, _SUCCESS, the report)."""
+    return digests(out, run_files=False, report=False)
 
 
 def _no_temporary_files(out):
-    left = [path for path in glob.glob(os.path.join(out, "**", "*"), recursive=True) + glob.glob(
-        os.path.join(out, "**", ".*"), recursive=True) if ".beam_curator-temp-" in path or ".tmp-" in path]
+    left = temporary_files(out)
     assert not left, left
 
 
@@ -180,7 +173,7 @@ def test_resume_of_a_finished_run_reads_nothing(tmp_path, job, reference):
     assert stats["resumed"]["partitions"] == SHARDS and stats["shards_read"] - stats["resumed"]["shards"] == 0
     assert stats["reconciles"] and _files(out) == _files(reference)
     line = f"resumed: {SHARDS} partition(s) committed earlier were skipped"
-    assert line in done.stdout and line in open(os.path.join(out, "_report", "index.html")).read()
+    assert line in done.stdout and line in Path(os.path.join(out, "_report", "index.html")).read_text()
 
 
 def test_resume_refuses_other_options_other_files_and_random_names(tmp_path, job, reference):

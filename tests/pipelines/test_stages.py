@@ -1,8 +1,8 @@
 """The stage platform: batch origin, the writer's two modes, the stage kit, counts as data, and one
 test per documented guard (each fails when its guard is removed)."""
 
+import fnmatch
 import glob
-import hashlib
 import json
 import os
 import subprocess
@@ -23,14 +23,14 @@ from beam_curator.transforms import FilePartitioningStage, ImageReaderStage, Ima
 from beam_curator.transforms.io import image_writer
 from beam_curator.transforms.io.image_writer import fusion_break
 from tests.support import stage_examples
-from tests.support.helpers import encode, make_image, output_digests, run_in_bundle
+from tests.support.helpers import encode, make_image, run_in_bundle
+from tests.support.output import digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 def _digests(directory, pattern="*"):
-    return {os.path.relpath(path, directory): hashlib.sha256(open(path, "rb").read()).hexdigest()
-            for path in glob.glob(os.path.join(directory, pattern)) if os.path.isfile(path)}
+    return {name: digest for name, digest in digests(directory).items() if fnmatch.fnmatch(name, pattern)}
 
 
 def _sample(directory, shards=4, per_shard=15):
@@ -104,7 +104,7 @@ def test_keyed_mode_writes_what_fused_mode_writes(tmp_path, make_dataset):
 
         _run(build)
         assert writer.resolved_mode == mode
-        outputs[mode] = output_digests(out)
+        outputs[mode] = digests(out)
     # 4 tars and parquets per partition, and its manifest (partition counts included): the same bytes
     assert len(outputs["fused"]) == 2 * 4 * 2 + 2 and outputs["fused"] == outputs["keyed"]
 
@@ -231,7 +231,7 @@ def test_guard_a_stage_must_account_for_every_image(tmp_path):
     fn.setup()
     with pytest.raises(StageContractError, match=r"not accounted for: \['p/a'\]"):
         list(fn.process(batch))
-    assert len(list(_StageFn(stage_examples.KeepBright()).process(batch))[0].data) == 2
+    assert len(next(iter(_StageFn(stage_examples.KeepBright()).process(batch))).data) == 2
 
 
 # --- the stage kit ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import tarfile
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -147,7 +148,7 @@ def test_deterministic_names_repeat_and_random_names_do_not(tmp_path, make_datas
     assert not set(runs["c"]) & set(runs["d"]) and not set(runs["a"]) & set(runs["c"])
     for run in "ab":
         for name in runs[run]:
-            assert open(tmp_path / "a" / name, "rb").read() == open(tmp_path / "b" / name, "rb").read()
+            assert Path(tmp_path / "a" / name).read_bytes() == Path(tmp_path / "b" / name).read_bytes()
     curate(dataset.directory, str(tmp_path / "e"), writer={"images_per_tar": 7})
     assert not set(_outputs(str(tmp_path / "e"))) & set(runs["a"])  # options shape the names too
 

@@ -195,7 +195,7 @@ def _png_case(rng: random.Random, kind: str, base: bytes) -> bytes:
             _fix_png_crcs(data)
         return bytes(data)
     if kind == "idat_random":
-        idat = [c for c in chunks if c[2] == b"IDAT"][0]
+        idat = next(c for c in chunks if c[2] == b"IDAT")
         start = rng.randrange(idat[0] + 8, idat[0] + 8 + idat[1])
         span = rng.randrange(1, 200)
         data[start : min(start + span, idat[0] + 8 + idat[1])] = rng.randbytes(
@@ -343,7 +343,7 @@ def _worker(args: argparse.Namespace) -> None:
     for index in range(args.start, args.stop):
         _, bad = make_case(args.seed, index, bases)
         where = index % args.batch_size
-        batch = goods[:where] + [bad] + goods[where:]
+        batch = [*goods[:where], bad, *goods[where:]]
         results = decoder.decode(batch)
         others = results[:where] + results[where + 1 :]
         wrong = sum(not _same_image(got, want, exact) for got, want in zip(others, reference))

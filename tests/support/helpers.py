@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tests.support.images import encode, make_image  # noqa: F401 - the helpers' images, without Beam
+from tests.support.images import encode, make_image
 
 FNAPI = ["--runner=FnApiRunner"]
 
@@ -72,19 +72,6 @@ class Dataset:
     @property
     def samples(self) -> list[Sample]:
         return [sample for samples in self.shards.values() for sample in samples]
-
-
-def output_digests(out: str) -> dict[str, str]:
-    """Every file under an output directory (path relative to it) -> the sha256 of its bytes."""
-    import hashlib
-
-    digests = {}
-    for folder, _, names in os.walk(out):
-        for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as handle:
-                digests[os.path.relpath(path, out)] = hashlib.sha256(handle.read()).hexdigest()
-    return digests
 
 
 def build_dataset(directory, shards: int = 2, per_shard: int = 12, **options) -> Dataset:

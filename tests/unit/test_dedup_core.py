@@ -3,6 +3,8 @@ union-find, and SemDeDup's k-means and greedy removal on planted near-duplicates
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -178,7 +180,7 @@ def test_hash_bands_cover_the_64_bits():
         bands = hash_bands(max_hamming)
         assert len(bands) == max_hamming + 1
         assert bands[0][0] == 0 and sum(width for _, width in bands) == 64
-        assert all(start + width == following for (start, width), (following, _) in zip(bands, bands[1:]))
+        assert all(start + width == following for (start, width), (following, _) in itertools.pairwise(bands))
         assert max(w for _, w in bands) - min(w for _, w in bands) <= 1
     for bad in (-1, 64):
         with pytest.raises(ValueError, match="max_hamming"):

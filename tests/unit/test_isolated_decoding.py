@@ -34,7 +34,7 @@ def _leftover_segments(pid):
 
 
 def test_decodes_exactly_as_in_process(decoder, reference):
-    results = decoder.decode(IMAGES + [b"\xff\xd8\xff\xe0 not really a jpeg", IMAGES[0]])
+    results = decoder.decode([*IMAGES, b"\xff\xd8\xff\xe0 not really a jpeg", IMAGES[0]])
     assert len(results) == 14 and decoder.device == "cpu"
     for got, want in zip(results[:12], reference):
         np.testing.assert_array_equal(got, want)

@@ -30,9 +30,9 @@ class _ReadCuratedFn(_ReadShardsFn):
 class CuratedShardReader(ShardReader):
     """FileGroupTask of curated tars -> ImageBatches of their samples as they are (see the module).
 
-    with_exception_handling(threshold=...) makes it return ReadResult(batches, failures), as
-    ImageReaderStage does: a sample without its parquet row (or a row without its sample) is a
-    FailureRecord, and the threshold is honoured the same way."""
+    It returns ReadResult(batches, failures), as ImageReaderStage does: a sample without its parquet
+    row (or a row without its sample) is a FailureRecord; with_exception_handling(threshold=...) is
+    honoured the same way."""
 
     def __init__(self, batch_size: int = 1000, *, name: str = "curated_reader"):
         super().__init__(name=name)
@@ -53,8 +53,7 @@ class CuratedShardReader(ShardReader):
     def _fn(self) -> _ReadShardsFn:
         rules = SampleRules(stage=self.stage_name, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
                             max_member_bytes=DEFAULT_MAX_MEMBER_BYTES)
-        return _ReadCuratedFn(stage_name=self.stage_name, batch_size=self.batch_size, rules=rules,
-                              emit_failures=self._with_failures)
+        return _ReadCuratedFn(stage_name=self.stage_name, batch_size=self.batch_size, rules=rules)
 
     def display_data(self):
         return {"batch_size": self.batch_size}

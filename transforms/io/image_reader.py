@@ -43,10 +43,15 @@ FAILURES_TAG = "failures"
 
 
 class ReadResult(NamedTuple):
-    """What a reader's with_exception_handling() returns: ImageBatches and FailureRecords."""
+    """What a reader returns: its ImageBatches and its FailureRecords. Piping it on continues with
+    the batches, so `reader_output | stage` and `reader_output | ImageWriterStage(...)` read as with a
+    PCollection; `batches, failures = reader_output` takes both."""
 
     batches: beam.PCollection
     failures: beam.PCollection
+
+    def __or__(self, transform):
+        return self.batches | transform
 
 
 def partition_of(task: FileGroupTask) -> PartitionInfo:
@@ -89,10 +94,10 @@ class _ReadShardsFn(beam.DoFn):
 
     emits_partitions_in_order = True  # all of a partition's batches, in order, from one process() call
 
-    def __init__(self, *, stage_name: str, batch_size: int, rules: SampleRules, emit_failures: bool,
-                 verbose: bool = False, progress_dir: str | None = None, decoder: _DecoderSpec | None = None):
+    def __init__(self, *, stage_name: str, batch_size: int, rules: SampleRules, verbose: bool = False,
+                 progress_dir: str | None = None, decoder: _DecoderSpec | None = None):
         self._stage_name, self._batch_size, self._rules = stage_name, batch_size, rules
-        self._emit_failures, self._verbose, self._progress_dir = emit_failures, verbose, progress_dir
+        self._verbose, self._progress_dir = verbose, progress_dir
         self._decoder_spec = decoder
 
     def setup(self):
@@ -171,7 +176,7 @@ class _ReadShardsFn(beam.DoFn):
                 objects.append(obj)
             counter("images_decoded").inc(len(objects))
             batch.counts["images_decoded"] += len(objects)
-        partition = batch.task.partition
+        partition = partition_of(batch.task)
         out = ImageBatch(
             task_id=f"{batch.task.task_id}_{batch.index:06d}",
             dataset_name=batch.task.dataset_name,
@@ -193,8 +198,7 @@ class _ReadShardsFn(beam.DoFn):
         batch.counts[name] += 1
         batch.failures.append(record)  # goes with the batch to the writer (ImageBatch.read_failures)
         _LOG.warning("%s %s %s: %s: %s", record.scope, record.source, record.member, record.error_class, record.message)
-        if self._emit_failures:
-            yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
+        yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
 
     def _events(self, partition: PartitionInfo) -> Iterator[ImageObject | FailureRecord | _Count]:
         """Every shard's images, failures and counts, in order: a count comes before the image it counts."""
@@ -313,31 +317,23 @@ class ShardReader(beam.PTransform):
     def __init__(self, *, name: str):
         super().__init__()
         self.stage_name = name
-        self._with_failures = False
         self._threshold = 1.0
 
     def _fn(self) -> _ReadShardsFn:
         raise NotImplementedError
 
     def with_exception_handling(self, *, threshold: float = 1.0):
-        """Make the stage return ReadResult(batches, failures): ImageBatches and FailureRecords (Beam's
-        convention: without it the stage returns the batches alone, as a PCollection).
-
-        threshold: the highest fraction of the samples read that may fail; above it the job fails once
-        everything is read (FailureThresholdExceeded). 1.0, the default, never fails the job.
-        """
+        """Set the highest fraction of the samples read that may fail; above it the job fails once
+        everything is read (FailureThresholdExceeded). 1.0, the default, never fails the job. (The
+        stage always returns ReadResult(batches, failures); Beam's name for this is kept.)"""
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
             raise ValueError(f"threshold must be a fraction from 0 to 1, got {threshold!r}")
-        self._with_failures = True
         self._threshold = float(threshold)
         return self
 
-    def expand(self, tasks):
-        # FileGroupTask -> ImageBatch (+ FailureRecord, tagged 'failures')
+    def expand(self, tasks) -> ReadResult:
+        # FileGroupTask -> ReadResult(batches: ImageBatch, failures: FailureRecord)
         read = beam.ParDo(self._fn()).with_input_types(FileGroupTask).with_output_types(ImageBatch)
-        if not self._with_failures:
-            return tasks | "ReadAndDecode" >> read
-        # FileGroupTask -> ReadResult(batches, failures)
         outputs = tasks | "ReadAndDecode" >> read.with_outputs(FAILURES_TAG, main="batches")
         batches, failures = outputs.batches, outputs[FAILURES_TAG]
         if self._threshold < 1.0:
@@ -379,11 +375,14 @@ class ImageReaderStage(ShardReader):
 
     What cannot be used becomes a FailureRecord (see beam_curator.records): a sample that cannot be
     decoded or breaks a limit, a companion that is not valid (UTF-8 `txt`, parseable `json`), a link
-    or device entry, and a damaged shard (after the samples read before the damage). By default each
-    is logged at WARNING and counted in the `beam_curator` metrics (`samples_failed`,
-    `companions_failed`, `members_failed`, `shards_failed`), and the job goes on;
-    `.with_exception_handling()` makes the stage return `(batches, failures)` to keep the records.
+    or device entry, and a damaged shard (after the samples read before the damage). Each is logged
+    at WARNING, counted in the `beam_curator` metrics (`samples_failed`, `companions_failed`,
+    `members_failed`, `shards_failed`), carried to the writer (which writes it with its partition) and
+    returned on ReadResult.failures; the job goes on. `.with_exception_handling(threshold=...)` fails
+    the job above a fraction of failed samples.
     """
+
+    provides = ("image_data",)  # decoded pixels, for the stages that need them (CurationStage.needs)
 
     def __init__(
         self,
@@ -419,7 +418,7 @@ class ImageReaderStage(ShardReader):
         self.max_member_bytes = max_member_bytes
         self.progress_dir = progress_dir
         self.isolate_decoder = isolate_decoder
-        self._decoders = PerProcess("dali_pipelines_built")
+        self._decoders: PerProcess[DaliImageDecoder | IsolatedDecoder] = PerProcess("dali_pipelines_built")
 
     def _fn(self) -> _ReadShardsFn:
         rules = SampleRules(stage=self.stage_name, max_image_pixels=self.max_image_pixels,
@@ -427,8 +426,7 @@ class ImageReaderStage(ShardReader):
         decoder = _DecoderSpec(self.dali_batch_size, self.num_threads, self.num_gpus_per_worker, self.isolate_decoder,
                                self._decoders)
         return _ReadShardsFn(stage_name=self.stage_name, batch_size=self.dali_batch_size, rules=rules,
-                             emit_failures=self._with_failures, verbose=self.verbose, progress_dir=self.progress_dir,
-                             decoder=decoder)
+                             verbose=self.verbose, progress_dir=self.progress_dir, decoder=decoder)
 
     def display_data(self):
         return {

@@ -53,7 +53,7 @@ from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObje
 from beam_curator.transforms.coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from beam_curator.transforms.metrics import counter
 
-__all__ = ["ImageWriterStage", "MODES", "WriteResult", "fusion_break"]
+__all__ = ["MODES", "ImageWriterStage", "WriteResult", "fusion_break"]
 
 _LOG = logging.getLogger(__name__)
 MODES = ("auto", "fused", "keyed")
@@ -88,6 +88,18 @@ def _missing_origin(batch: ImageBatch) -> ValueError:
         "dataclasses.replace")
 
 
+@dataclass
+class _Taken:
+    """A batch as the writer takes it: its origin, its images ready to write (in order), every record
+    of it (the reader's, the stages', the writer's own) for its partition's commit, and the tagged
+    outputs to emit."""
+
+    origin: BatchOrigin
+    prepared: list[PreparedImage]
+    records: list[FailureRecord | FilterRecord]
+    outputs: list[beam.pvalue.TaggedOutput]
+
+
 class _WriterCore:
     """What both modes' DoFns share: options, records and counts of a bundle."""
 
@@ -101,30 +113,24 @@ class _WriterCore:
         self._emit_written = stage._with_written
         self._emit_records = stage._with_failures
 
-    def _take(self, batch: ImageBatch) -> Iterator:
-        """Check the origin, emit the records the batch carries (if asked)."""
+    def _take(self, batch: ImageBatch) -> _Taken:
+        """Check the batch's origin and prepare its images (an image that cannot be written fails
+        alone); the records it carries and these failures, tagged, when the records were asked for."""
         if batch.origin is None:
             raise _missing_origin(batch)
+        taken = _Taken(batch.origin, [], [*batch.read_failures, *batch.records], [])
         if self._emit_records:
-            for record in batch.records:
-                yield beam.pvalue.TaggedOutput(FILTERED_TAG if isinstance(record, FilterRecord) else FAILURES_TAG,
-                                               record)
-
-    def _prepared(self, batch: ImageBatch):
-        """Take the batch (see _take), then prepare its images: yields a FailureRecord (tagged) for
-        each image that cannot be written, and returns the PreparedImages of the others, in order,
-        and every record of the batch (the reader's, the stages', these), for its partition's commit."""
-        yield from self._take(batch)
-        prepared, records = [], [*batch.read_failures, *batch.records]
+            taken.outputs += [beam.pvalue.TaggedOutput(FILTERED_TAG if isinstance(record, FilterRecord)
+                                                       else FAILURES_TAG, record) for record in batch.records]
         for obj in batch.data:
             try:
-                prepared.append(prepare_image(obj, self._options))
+                taken.prepared.append(prepare_image(obj, self._options))
             except (ValueError, TypeError) as error:  # bad pixels from a stage: this image fails alone
                 record = self._fail(obj, error)
-                records.append(record)
+                taken.records.append(record)
                 if self._emit_records:
-                    yield beam.pvalue.TaggedOutput(FAILURES_TAG, record)
-        return prepared, records
+                    taken.outputs.append(beam.pvalue.TaggedOutput(FAILURES_TAG, record))
+        return taken
 
     def _fail(self, obj: ImageObject, error: Exception) -> FailureRecord:
         source, _, member = obj.image_path.partition("#")
@@ -151,14 +157,15 @@ class _WriterCore:
         written.add_stage_perf(self._stage_name, time.perf_counter() - started, len(objects))
         return written
 
-    def _written(self, batch: ImageBatch, prepared: list[PreparedImage], started: float) -> Iterator:
-        """Count the batch as written, and emit it tagged if asked. Returns the stages' timings and
-        counts of the batch, this writer's included (its partition's commit sums them)."""
+    def _written(self, batch: ImageBatch, taken: _Taken, started: float) -> list[StagePerf]:
+        """Count the batch as written (and add it to the outputs, tagged, if asked). The stages' timings
+        and counts of the batch, this writer's included (its partition's commit sums them)."""
+        prepared = taken.prepared
         counter("images_written").inc(len(prepared))
         counts = {"in": batch.num_items, "written": len(prepared), "failed": batch.num_items - len(prepared)}
         own = StagePerf(self._stage_name, time.perf_counter() - started, len(prepared), counts)
         if self._emit_written:
-            yield beam.pvalue.TaggedOutput(WRITTEN_TAG, self._written_copy(batch, prepared, started))
+            taken.outputs.append(beam.pvalue.TaggedOutput(WRITTEN_TAG, self._written_copy(batch, prepared, started)))
         return [*batch._stage_perf, own]
 
 
@@ -177,20 +184,21 @@ class _WriteShardsFn(_WriterCore, beam.DoFn):
         # ImageBatch -> PartitionOutput per finished partition; tagged: records, the batch as written.
         # output_ready: the side input that holds the writing back until the output directory is prepared.
         started = time.perf_counter()
-        prepared, records = yield from self._prepared(batch)
-        origin: BatchOrigin = batch.origin
+        taken = self._take(batch)
+        origin = taken.origin
         if origin.partition not in self._partitions:
             packer = PartitionPacker(origin.partition, origin.source_files, batch.dataset_name, self._options,
                                      self._attempt_dir)
             self._partitions[origin.partition] = packer, PartitionLedger(packer.digest, tuple(origin.source_files))
         packer, ledger = self._partitions[origin.partition]
         packer.start_batch(origin.batch_index)
-        for image in prepared:
+        for image in taken.prepared:
             closed = packer.add(image)
             if closed is not None:
                 ledger.shards.append(closed)
-        ledger.records += records
-        ledger.add_perfs((yield from self._written(batch, prepared, started)))
+        ledger.records += taken.records
+        ledger.add_perfs(self._written(batch, taken, started))
+        yield from taken.outputs
         if origin.last:
             yield self._finish(origin.partition)
 
@@ -227,10 +235,12 @@ class _PrepareFn(_WriterCore, beam.DoFn):
     def process(self, batch: ImageBatch, output_ready=None) -> Iterator:
         # ImageBatch -> (partition, _PreparedBatch); tagged: records, the batch as written
         started = time.perf_counter()
-        prepared, records = yield from self._prepared(batch)
-        perfs = yield from self._written(batch, prepared, started)
-        yield batch.origin.partition, _PreparedBatch(batch.origin, batch.dataset_name,
-                                                     [image.without_pixels() for image in prepared], records, perfs)
+        taken = self._take(batch)
+        perfs = self._written(batch, taken, started)
+        yield from taken.outputs
+        yield taken.origin.partition, _PreparedBatch(taken.origin, batch.dataset_name,
+                                                     [image.without_pixels() for image in taken.prepared],
+                                                     taken.records, perfs)
 
 
 class _PackPartitionFn(_WriterCore, beam.DoFn):
@@ -314,6 +324,7 @@ def fusion_break(batches) -> str | None:
     (`emits_partitions_in_order = True`: ImageReaderStage's, and prune's CuratedShardReader's)."""
     from apache_beam.pvalue import PCollection
 
+    batches = getattr(batches, "batches", batches)  # a reader's ReadResult: its batches
     reader_hints, hints_on_path = None, []
     stack, seen = [batches], set()
     while stack:

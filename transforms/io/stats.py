@@ -11,18 +11,19 @@ step raises FailureThresholdExceeded, which fails the job.
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 
 from beam_curator import storage
 from beam_curator.errors import FailureThresholdExceeded
-from beam_curator.output.commit import PartitionOutput
 from beam_curator.output.layout import REPORT_DIR, STATS_FILE
-from beam_curator.output.stats import Counts, RunStats, Timings, write_success
+from beam_curator.output.stats import Counts, RunStats, Timings, utc, write_success
+
+if TYPE_CHECKING:
+    from beam_curator.output.commit import PartitionOutput
 
 __all__ = ["WriteRunStats"]
 
@@ -48,10 +49,6 @@ class _SumPartitions(beam.CombineFn):
         return accumulator
 
 
-def _utc(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def _verdict(stats: RunStats, max_failed_fraction: float, failure_option: str) -> str:
     """Why the run failed, or "" when it did not."""
     read, failed = stats.samples_read, stats.images_failed
@@ -66,7 +63,7 @@ def _write_stats(summed, *_after, output_dir: str, committed: dict, shards: int,
     counts, timings = summed
     finished = time.time()
     stats = RunStats.from_counts(counts.add(Counts.from_dict(committed)), timings=timings, shards=shards,
-                                 seconds=finished - started, started=_utc(started), finished=_utc(finished), **about)
+                                 seconds=finished - started, started=utc(started), finished=utc(finished), **about)
     reason = _verdict(stats, max_failed_fraction, failure_option)
     if reason:
         stats.status, stats.reason = "failed", reason

@@ -6,8 +6,8 @@ and the limit it broke as its threshold, counted per stage in `_stats.json`.
 
 from __future__ import annotations
 
-from beam_curator.tasks import ImageBatch, ImageObject
-from beam_curator.transforms.stages.kit import CurationStage, Dropped, Failed, StageOutcome
+from beam_curator.tasks import ImageObject
+from beam_curator.transforms.stages.kit import CurationStage, Dropped
 
 __all__ = ["CaptionFilterStage", "ImageSizeFilterStage"]
 
@@ -27,25 +27,15 @@ def _require_one(stage: str, limits: dict) -> None:
 
 
 class _RuleFilter(CurationStage):
-    """Drops an image when judge(image) gives (reason, measured value, limit); an image judge raises
-    ValueError on fails alone."""
+    """Drops an image when reasons(image) gives (reason, measured value, limit); an image reasons
+    raises on fails alone."""
 
-    def judge(self, obj: ImageObject) -> tuple | None:
+    def reasons(self, obj: ImageObject) -> tuple | None:
         raise NotImplementedError
 
-    def process_batch(self, batch: ImageBatch) -> StageOutcome:
-        outcome = StageOutcome(kept=[])
-        for obj in batch.data:
-            try:
-                why = self.judge(obj)
-            except ValueError as error:
-                outcome.failed.append(Failed(obj, error))
-                continue
-            if why is None:
-                outcome.kept.append(obj)
-            else:
-                outcome.dropped.append(Dropped(obj, *why))
-        return outcome
+    def judge(self, image: ImageObject) -> ImageObject | Dropped:
+        why = self.reasons(image)
+        return image if why is None else Dropped(image, *why)
 
 
 class ImageSizeFilterStage(_RuleFilter):
@@ -75,7 +65,7 @@ class ImageSizeFilterStage(_RuleFilter):
             return f"{width * height} pixels > max_pixels {self.max_pixels}", width * height, self.max_pixels
         return None
 
-    def judge(self, obj: ImageObject) -> tuple[str, float, float] | None:
+    def reasons(self, obj: ImageObject) -> tuple[str, float, float] | None:
         size = _size(obj)
         if size is None:
             raise ValueError("the image's size is unknown (not decoded)")
@@ -125,7 +115,7 @@ class CaptionFilterStage(_RuleFilter):
             return f"{chars} characters > max_chars {self.max_chars}", chars, self.max_chars
         return None
 
-    def judge(self, obj: ImageObject) -> tuple[str, float | None, float | None] | None:
+    def reasons(self, obj: ImageObject) -> tuple[str, float | None, float | None] | None:
         return self.why_not(obj.caption)
 
     def display_data(self):

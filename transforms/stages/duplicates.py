@@ -17,9 +17,9 @@ import time
 from collections.abc import Sequence
 
 from beam_curator.dedup.removal import RemovalList, check_matches
-from beam_curator.tasks import FileGroupTask, ImageBatch
+from beam_curator.tasks import FileGroupTask, ImageBatch, ImageObject
 from beam_curator.transforms.per_process import PerProcess
-from beam_curator.transforms.stages.kit import CurationStage, Dropped, Failed, StageOutcome
+from beam_curator.transforms.stages.kit import CurationStage, Dropped, StageOutcome
 
 __all__ = ["ImageDuplicatesRemovalStage", "ImagePHashStage"]
 
@@ -29,21 +29,18 @@ _LOG = logging.getLogger(__name__)
 class ImagePHashStage(CurationStage):
     """Sets `phash` (int64) on every image from its decoded pixels; an image without pixels fails alone."""
 
+    needs = ("image_data",)
+    provides = ("phash",)
+
     def __init__(self, *, name: str = "phash"):
         super().__init__(name=name)
 
-    def process_batch(self, batch: ImageBatch) -> StageOutcome:
+    def judge(self, image: ImageObject) -> ImageObject:
         from beam_curator.dedup.algorithms import phash_of_image
 
-        outcome = StageOutcome(kept=[])
-        for obj in batch.data:
-            try:
-                if obj.image_data is None:
-                    raise ValueError("the image has no decoded pixels (image_data is None)")
-                outcome.kept.append(dataclasses.replace(obj, phash=phash_of_image(obj.image_data)))
-            except Exception as error:  # noqa: BLE001 - the image fails alone
-                outcome.failed.append(Failed(obj, error))
-        return outcome
+        if image.image_data is None:
+            raise ValueError("the image has no decoded pixels (image_data is None)")
+        return dataclasses.replace(image, phash=phash_of_image(image.image_data))
 
 
 class ImageDuplicatesRemovalStage(CurationStage):
@@ -65,7 +62,7 @@ class ImageDuplicatesRemovalStage(CurationStage):
         self.duplicate_id_field = duplicate_id_field
         self.verbose = verbose
         self.listed: int | None = None  # set by check_input
-        self._lists = PerProcess("removal_lists_loaded")
+        self._lists: PerProcess[RemovalList] = PerProcess("removal_lists_loaded")
 
     def check_input(self, partitions: Sequence[FileGroupTask]) -> int:
         """Before the run (on the launcher): how many ids the list holds; ValueError when none of them

@@ -1,8 +1,12 @@
 """The stage kit: ImageBatch -> ImageBatch curation stages, and two ready-made ones.
 
-A stage subclasses CurationStage and answers one question per batch in `process_batch`: which images
-it keeps, which it drops (with a reason, and the score and threshold it decided on) and which failed.
-The base does the rest, the same way for every stage:
+A stage subclasses CurationStage and answers, per image in `judge` (keep it, perhaps changed, or drop
+it; raising fails the image alone) or per batch in `process_batch` (which images it keeps, which it
+drops, with a reason, and the score and threshold it decided on, and which failed: for stages that
+work on the whole batch at once, such as a model). It may declare the ImageObject fields it reads that
+a stage before it must set (`needs`) and those it sets (`provides`): the curate job refuses a pipeline
+whose stages do not line up before anything runs. The base does the rest, the same way for every
+stage:
 
 - the output is a new batch with the input's origin (the writer needs it), typed ImageBatch (so Beam
   uses ImageBatchCoder, not pickling every batch to estimate its size);
@@ -19,7 +23,6 @@ See docs/STAGES.md for what a stage may change and a complete example.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import Counter
@@ -36,7 +39,7 @@ from beam_curator.tasks import ImageBatch, ImageObject
 from beam_curator.transforms.coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
 from beam_curator.transforms.metrics import counter
 
-__all__ = ["CurationStage", "Dropped", "Failed", "FilterImages", "ScoreImages", "StageOutcome"]
+__all__ = ["CurationStage", "Dropped", "Failed", "FilterImages", "ScoreImages", "StageOutcome", "check_needs"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -71,26 +74,54 @@ class StageOutcome:
 
 
 class CurationStage(beam.PTransform):
-    """Base of ImageBatch -> ImageBatch stages. Subclasses implement process_batch, and setup when
-    they hold something heavy (a model): it runs once per DoFn instance, on the worker.
+    """Base of ImageBatch -> ImageBatch stages. Subclasses implement judge (per image) or process_batch
+    (per batch), and setup when they hold something heavy (a model): it runs once per DoFn instance,
+    on the worker.
 
-    record_thumbnails: each FilterRecord carries a small JPEG of the dropped image (~3 KB, for the run
-    report); set it False on a stage to leave them out."""
+    needs: the ImageObject fields it reads that something before it must set ("image_data": decoded
+    pixels, which ImageReaderStage provides; "embedding": ImageEmbeddingStage's); provides: the fields
+    it sets. record_thumbnails: each FilterRecord carries a small JPEG of the dropped image (~3 KB,
+    for the run report); set it False on a stage to leave them out."""
 
     record_thumbnails = True
+    needs: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
 
     def __init__(self, *, name: str):
         super().__init__()
         if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"name must be a short identifier like 'min_size' (it names the stage's records and "
                              f"counts), got {name!r}")
+        if type(self).judge is CurationStage.judge and type(self).process_batch is CurationStage.process_batch:
+            raise TypeError(f"{type(self).__name__} must implement judge(image) or process_batch(batch)")
         self.stage_name = name
 
     def setup(self) -> None:
         """Build what the stage needs per worker (called on the worker, never on the launcher)."""
 
+    def judge(self, image: ImageObject) -> ImageObject | Dropped:
+        """The per-image hook: the image to keep (itself, or a copy with what the stage set, e.g.
+        image.with_score(...)), or Dropped(image, reason, score, threshold). Raising fails the image
+        alone (a FailureRecord); the job goes on."""
+        raise NotImplementedError
+
     def process_batch(self, batch: ImageBatch) -> StageOutcome:
-        raise NotImplementedError(f"{type(self).__name__} must implement process_batch(batch) -> StageOutcome")
+        """The per-batch hook; the default applies judge to each image."""
+        outcome = StageOutcome(kept=[])
+        for image in batch.data:
+            try:
+                verdict = self.judge(image)
+            except Exception as error:  # the image fails alone, the job goes on
+                outcome.failed.append(Failed(image, error))
+                continue
+            if isinstance(verdict, Dropped):
+                outcome.dropped.append(verdict)
+            elif isinstance(verdict, ImageObject):
+                outcome.kept.append(verdict)
+            else:
+                raise StageContractError(f"{type(self).__name__}.judge must return the ImageObject to keep or a "
+                                         f"Dropped, got {type(verdict).__name__}")
+        return outcome
 
     def expand(self, batches):
         # ImageBatch -> ImageBatch (same origin; records of dropped and failed images inside)
@@ -154,7 +185,8 @@ class _StageFn(beam.DoFn):
             raise StageContractError(f"{type(self._stage).__name__}.process_batch must return a StageOutcome, "
                             f"got {type(outcome).__name__}")
         _check_accounted(self._name, batch, outcome)
-        records = [_filter_record(self._name, dropped, self._stage.record_thumbnails) for dropped in outcome.dropped]
+        records: list[FailureRecord | FilterRecord] = [
+            _filter_record(self._name, dropped, self._stage.record_thumbnails) for dropped in outcome.dropped]
         for failed in outcome.failed:
             record = _failure_record(self._name, failed)
             _LOG.warning("%s failed %s: %s: %s", self._name, failed.image.image_path or failed.image.image_id,
@@ -181,20 +213,10 @@ class FilterImages(CurationStage):
                              f"got {predicate!r}")
         self.predicate = predicate
 
-    def process_batch(self, batch: ImageBatch) -> StageOutcome:
-        outcome = StageOutcome(kept=[])
-        for obj in batch.data:
-            try:
-                keep = self.predicate(obj)
-            except Exception as error:  # noqa: BLE001 - the image fails, the job goes on
-                outcome.failed.append(Failed(obj, error))
-                continue
-            if keep:
-                outcome.kept.append(obj)
-            else:
-                outcome.dropped.append(Dropped(obj, reason=f"{getattr(self.predicate, '__name__', 'predicate')} "
-                                                           "returned False"))
-        return outcome
+    def judge(self, image: ImageObject) -> ImageObject | Dropped:
+        if self.predicate(image):
+            return image
+        return Dropped(image, reason=f"{getattr(self.predicate, '__name__', 'predicate')} returned False")
 
     def display_data(self):
         return {"name": self.stage_name, "predicate": getattr(self.predicate, "__qualname__", repr(self.predicate))}
@@ -202,8 +224,8 @@ class FilterImages(CurationStage):
 
 class ScoreImages(CurationStage):
     """Store fn(image) (a float) on every image under the parquet column `column` (aesthetic_score and
-    nsfw_score go to NeMo Curator's attributes of those names). An image on which fn raises, or returns
-    something that is not a number, fails alone."""
+    nsfw_score go to NeMo Curator's attributes of those names: ImageObject.with_score). An image on which
+    fn raises, or returns something that is not a number, fails alone."""
 
     def __init__(self, fn: Callable[[ImageObject], float], *, name: str, column: str):
         super().__init__(name=name)
@@ -211,22 +233,30 @@ class ScoreImages(CurationStage):
             raise ValueError(f"fn must be a function of an ImageObject returning a float, got {fn!r}")
         self.fn = fn
         self.column = check_score_column(column)
+        self.provides = (column,)
 
-    def process_batch(self, batch: ImageBatch) -> StageOutcome:
-        outcome = StageOutcome(kept=[])
-        for obj in batch.data:
-            try:
-                score = float(self.fn(obj))
-            except Exception as error:  # noqa: BLE001 - the image fails, the job goes on
-                outcome.failed.append(Failed(obj, error))
-                continue
-            # A new ImageObject (sharing the pixels): a Beam input is never modified.
-            if self.column in ("aesthetic_score", "nsfw_score"):
-                outcome.kept.append(dataclasses.replace(obj, **{self.column: score}))
-            else:
-                outcome.kept.append(dataclasses.replace(obj, scores={**obj.scores, self.column: score}))
-        return outcome
+    def judge(self, image: ImageObject) -> ImageObject:
+        return image.with_score(self.column, float(self.fn(image)))
 
     def display_data(self):
         return {"name": self.stage_name, "column": self.column,
                 "fn": getattr(self.fn, "__qualname__", repr(self.fn))}
+
+
+# What to add before a stage that needs a field no stage before it sets.
+_PROVIDERS = {"embedding": "ImageEmbeddingStage(model_dir) (curate: --model-dir)",
+              "image_data": "a reader that decodes the images (ImageReaderStage, curate; not prune)"}
+
+
+def check_needs(stages, provided: tuple[str, ...] = ("image_data",), *, carried: bool = False) -> None:
+    """ValueError when a stage needs an ImageObject field that nothing before it sets. provided: what
+    the reader sets; carried: the input is a beam_curator output, whose parquet may carry any score or
+    embedding (then only pixels are checked)."""
+    have = set(provided)
+    for stage in stages:
+        for needed in getattr(stage, "needs", ()):
+            if needed not in have and not (carried and needed != "image_data"):
+                name = getattr(stage, "stage_name", None) or getattr(stage, "label", type(stage).__name__)
+                raise ValueError(f"stage {name!r} ({type(stage).__name__}) needs {needed}, which nothing before it "
+                                 f"sets: add {_PROVIDERS.get(needed, 'a stage that sets it')} before it")
+        have.update(getattr(stage, "provides", ()))

@@ -4,12 +4,13 @@ NeMo Curator's stage names, parameters and defaults, on ONNX Runtime over a MODE
 `beam-curator export-models` wrote (beam_curator.models.model_dir). Each stage is a CurationStage, so filtered
 images become FilterRecords (stage, score, threshold) and counts reach `_stats.json`.
 
-Why a DoFn with Shared and not RunInference: Beam's RunInference batches elements itself, and an
-ImageBatch must stay whole (its origin and records go to the writer). Its default BatchElements glues
-dozens of ImageBatches into one model call, `with_no_batching()` splits each into single images, and
-`max_batch_weight` fails at construction (Beam 2.77). Here a batch's images go to the model in calls
-of at most model_inference_batch_size, and one session per worker process (apache_beam.utils.shared)
-serves every DoFn thread of that process: ONNX Runtime's run() is thread-safe.
+Why a stage over a model handler and not RunInference: Beam's RunInference batches elements itself,
+and an ImageBatch must stay whole (its origin and records go to the writer). Its default BatchElements
+glues dozens of ImageBatches into one model call, `with_no_batching()` splits each into single images,
+and `max_batch_weight` fails at construction (Beam 2.77). Here a batch's images go to the model in
+calls of at most model_inference_batch_size. The models are a handler of their own
+(beam_curator.models.handler.OnnxModels: load, run, device), one per worker process (PerProcess),
+serving every DoFn thread of that process: ONNX Runtime's run() is thread-safe.
 
 Sessions are built on the worker, in setup(): constructing a stage reads the small manifest (so a
 wrong MODEL_DIR fails before the job starts) and nothing else: no model, no CUDA.
@@ -21,18 +22,14 @@ import dataclasses
 import logging
 import math
 import operator
-import os
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
-from apache_beam.utils import shared
 
-from beam_curator.models.model_dir import ModelManifest, fetch_model_files, read_manifest
+from beam_curator.models.handler import ModelLoading, OnnxModels
+from beam_curator.models.model_dir import ModelManifest, read_manifest
 from beam_curator.tasks import ImageBatch, ImageObject
-from beam_curator.transforms.metrics import counter
+from beam_curator.transforms.per_process import PerProcess, use_gpu
 from beam_curator.transforms.stages.kit import CurationStage, Dropped, Failed, StageOutcome
 
 __all__ = ["ImageAestheticFilterStage", "ImageEmbeddingStage", "ImageNSFWFilterStage",
@@ -40,43 +37,6 @@ __all__ = ["ImageAestheticFilterStage", "ImageEmbeddingStage", "ImageNSFWFilterS
 
 _LOG = logging.getLogger(__name__)
 _KEEPS = {">=": operator.ge, "<": operator.lt}  # _ScoreFilterStage.comparison -> the test a kept score passes
-
-
-@dataclass
-class _Loaded:
-    sessions: dict  # role -> OnnxModel
-    tokenizer: object
-    device: str
-
-
-class _Models:
-    """What one worker process holds for one stage (through Shared): its sessions and tokenizer, loaded
-    on a thread of their own, so that the worker lists, reads and decodes its first batch meanwhile
-    (building a ViT session takes ~0.7 s); and the thread that preprocesses images for the model."""
-
-    def __init__(self, load, name: str):
-        self.preprocessing = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-preprocess")
-        self._load, self._name = load, name
-        self._lock = threading.Lock()
-        self._loaded = self._start()
-
-    def _start(self) -> Future:
-        loader = ThreadPoolExecutor(1, thread_name_prefix=f"{self._name}-load")
-        future = loader.submit(self._load)
-        loader.shutdown(wait=False)
-        return future
-
-    def get(self) -> _Loaded:
-        """The sessions, once loaded. A load that failed raises here, in the stage's process(), and the
-        next call loads again: a transient read error must not stick to the worker process."""
-        future = self._loaded
-        try:
-            return future.result()
-        except Exception:
-            with self._lock:
-                if self._loaded is future:
-                    self._loaded = self._start()
-            raise
 
 
 def _check_options(num_gpus_per_worker, model_inference_batch_size) -> None:
@@ -105,43 +65,22 @@ class _ModelStage(CurationStage):
         self.manifest: ModelManifest = read_manifest(model_dir)
         for role in self.roles:
             self.manifest.require(role, wanted_by=type(self).__name__)
-        self._shared = shared.Shared()
-        self._built_here = False
-        self._reported = False
+        self._models: PerProcess[ModelLoading] = PerProcess(f"{name}_models_built")
 
     def setup(self) -> None:
-        use_gpu = self.num_gpus_per_worker > 0 and _cuda_devices() > 0
-        self._models: _Models = self._shared.acquire(lambda: self._start_loading(use_gpu),
-                                                     tag=(self.manifest.model_dir, self.roles, use_gpu))
-
-    def _start_loading(self, use_gpu: bool) -> _Models:
-        self._built_here = True
-        return _Models(lambda: self._load(use_gpu), self.stage_name)
+        gpu = use_gpu(self.num_gpus_per_worker)
+        self._held = self._models.acquire(
+            lambda: ModelLoading(lambda: OnnxModels.load(self.manifest, self.roles, use_gpu=gpu, name=self.stage_name),
+                                 self.stage_name),
+            tag=(self.manifest.model_dir, self.roles, gpu))
 
     @property
-    def models(self) -> _Loaded:
-        return self._models.get()
-
-    def _load(self, use_gpu: bool) -> _Loaded:
-        from beam_curator.models.inference import CaptionTokenizer, OnnxModel
-
-        started = time.perf_counter()
-        paths = fetch_model_files(self.manifest, self.roles)
-        sessions = {role: OnnxModel(path, use_gpu=use_gpu) for role, path in paths.items() if role != "tokenizer"}
-        tokenizer = None
-        if "tokenizer" in paths:
-            tokenizer = CaptionTokenizer(paths["tokenizer"], context_length=self.manifest.text["context_length"],
-                                         pad_token_id=self.manifest.text["pad_token_id"])
-        device = "gpu" if any(s.provider == "CUDAExecutionProvider" for s in sessions.values()) else "cpu"
-        _LOG.info("%s: loaded %s on the %s in pid %d (%.1f s)", self.stage_name, ", ".join(sessions), device,
-                  os.getpid(), time.perf_counter() - started)
-        return _Loaded(sessions, tokenizer, device)
+    def models(self) -> OnnxModels:
+        return self._held.value.get()
 
     def _count_build(self) -> None:
         # Counted on the first batch, not in setup(): counters from setup() are dropped by the FnApiRunner.
-        if self._built_here and not self._reported:
-            counter(f"{self.stage_name}_models_built").inc()
-            self._reported = True
+        self._held.report_build()
 
     def _embeddings(self, batch: ImageBatch) -> np.ndarray:
         """The batch's image embeddings, n x D; ValueError when a stage that computes them is missing."""
@@ -167,12 +106,6 @@ class _ModelStage(CurationStage):
                 "model_inference_batch_size": self.model_inference_batch_size}
 
 
-def _cuda_devices() -> int:
-    from beam_curator.formats.decoding import cuda_device_count
-
-    return cuda_device_count()
-
-
 class ImageEmbeddingStage(_ModelStage):
     """CLIP image embeddings (float32, L2-normalised) into `embedding`, with CLIP's own preprocessing.
 
@@ -182,6 +115,8 @@ class ImageEmbeddingStage(_ModelStage):
     """
 
     roles = ("image_encoder",)
+    needs = ("image_data",)
+    provides = ("embedding",)
 
     def __init__(self, model_dir: str, num_gpus_per_worker: float = 0.25, model_inference_batch_size: int = 32,
                  verbose: bool = False, remove_image_data: bool = False, *, name: str = "image_embedding"):
@@ -196,15 +131,17 @@ class ImageEmbeddingStage(_ModelStage):
         chunks = [batch.data[start:start + size] for start in range(0, batch.num_items, size)]
         # CLIP preprocessing of the next chunk runs on the handle's thread while the model runs this
         # one (Pillow and ONNX Runtime both release the GIL): it costs ~5 ms an image on a 0.5 MP photo.
-        upcoming = self._models.preprocessing.submit(self._preprocess, chunks[0]) if chunks else None
+        preprocessing = self._held.value.preprocessing
+        upcoming = preprocessing.submit(self._preprocess, chunks[0]) if chunks else None
         for index in range(len(chunks)):
+            assert upcoming is not None
             ready, pixels, failed = upcoming.result()
             if index + 1 < len(chunks):
-                upcoming = self._models.preprocessing.submit(self._preprocess, chunks[index + 1])
+                upcoming = preprocessing.submit(self._preprocess, chunks[index + 1])
             outcome.failed += failed
             if not ready:
                 continue
-            embeddings = self.models.sessions["image_encoder"].run_in_chunks(np.stack(pixels), size)
+            embeddings = self.models.embed_images(np.stack(pixels), size)
             for obj, embedding in zip(ready, embeddings):
                 if not np.all(np.isfinite(embedding)):
                     outcome.failed.append(Failed(obj, ValueError("the model gave a non-finite embedding")))
@@ -228,7 +165,7 @@ class ImageEmbeddingStage(_ModelStage):
                     raise ValueError("the image has no decoded pixels (image_data is None)")
                 pixels.append(clip_pixels(obj.image_data, self.manifest.preprocessing))
                 ready.append(obj)
-            except Exception as error:  # noqa: BLE001 - the image fails alone
+            except Exception as error:  # the image fails alone
                 failed.append(Failed(obj, error))
         return ready, pixels, failed
 
@@ -241,6 +178,7 @@ class _ScoreFilterStage(_ModelStage):
     (score_threshold=None: score only). An image whose score is not finite fails alone. NeMo Curator's
     parameters and defaults; subclasses name their model role, column, comparison and default name."""
 
+    needs = ("embedding",)
     column = ""  # the ImageObject attribute (or parquet score column) the score goes to
     comparison = ">="  # how a kept image's score compares to the threshold (also the records' reasons)
     default_name = ""
@@ -256,11 +194,11 @@ class _ScoreFilterStage(_ModelStage):
         self.score_threshold = None if score_threshold is None else float(score_threshold)
 
     def keeps(self, score: float) -> bool:
-        return _KEEPS[self.comparison](score, self.score_threshold)
+        """Whether an image of this score is kept (always without a threshold)."""
+        return self.score_threshold is None or _KEEPS[self.comparison](score, self.score_threshold)
 
     def scores(self, batch: ImageBatch) -> list[float | None]:
-        return self.models.sessions[self.roles[0]].run_in_chunks(self._embeddings(batch),
-                                                                  self.model_inference_batch_size).tolist()
+        return self.models.head(self.roles[0], self._embeddings(batch), self.model_inference_batch_size).tolist()
 
     def process_batch(self, batch: ImageBatch) -> StageOutcome:
         self._count_build()
@@ -281,7 +219,7 @@ class _ScoreFilterStage(_ModelStage):
         return outcome
 
     def with_score(self, obj: ImageObject, score: float | None) -> ImageObject:
-        return dataclasses.replace(obj, **{self.column: score})
+        return obj.with_score(self.column, score)
 
     def display_data(self):
         return {**super().display_data(), "score_threshold": str(self.score_threshold)}
@@ -293,6 +231,7 @@ class ImageAestheticFilterStage(_ScoreFilterStage):
 
     roles = ("aesthetic",)
     column = "aesthetic_score"
+    provides = ("aesthetic_score",)
     comparison = ">="
     default_name = "aesthetic_filter"
 
@@ -303,6 +242,7 @@ class ImageNSFWFilterStage(_ScoreFilterStage):
 
     roles = ("nsfw",)
     column = "nsfw_score"
+    provides = ("nsfw_score",)
     comparison = "<"
     default_name = "nsfw_filter"
 
@@ -315,6 +255,7 @@ class ImageTextSimilarityFilterStage(_ScoreFilterStage):
 
     roles = ("text_encoder", "tokenizer")
     column = "clip_score"
+    provides = ("clip_score",)
     comparison = ">="
 
     def __init__(self, model_dir: str, num_gpus_per_worker: float = 0.25, model_inference_batch_size: int = 32,
@@ -328,14 +269,12 @@ class ImageTextSimilarityFilterStage(_ScoreFilterStage):
         from beam_curator.models.inference import l2_normalise
 
         images = l2_normalise(self._embeddings(batch))
-        captioned = [index for index, obj in enumerate(batch.data) if obj.caption is not None]
+        captions = {index: obj.caption for index, obj in enumerate(batch.data) if obj.caption is not None}
+        captioned = list(captions)
         scores: list[float | None] = [None] * batch.num_items
-        model, size = self.models.sessions["text_encoder"], self.model_inference_batch_size
-        for start in range(0, len(captioned), size):
-            chunk = captioned[start:start + size]
-            texts = l2_normalise(model.run(self.models.tokenizer([batch.data[i].caption for i in chunk])))
-            for index, text in zip(chunk, texts):
-                scores[index] = float(np.dot(images[index], text))
+        texts = self.models.embed_texts(list(captions.values()), self.model_inference_batch_size)
+        for index, text in zip(captioned, texts):
+            scores[index] = float(np.dot(images[index], text))
         return scores
 
     def process_batch(self, batch: ImageBatch) -> StageOutcome:
@@ -345,11 +284,6 @@ class ImageTextSimilarityFilterStage(_ScoreFilterStage):
             outcome.kept = [obj for obj in outcome.kept if obj.caption is not None]
             outcome.dropped += [Dropped(obj, reason="the sample has no caption (.txt)") for obj in uncaptioned]
         return outcome
-
-    def with_score(self, obj: ImageObject, score: float | None) -> ImageObject:
-        if score is None:
-            return obj
-        return dataclasses.replace(obj, scores={**obj.scores, self.column: score})
 
     def display_data(self):
         return {**super().display_data(), "drop_without_caption": self.drop_without_caption}
