@@ -8,7 +8,8 @@ ARG PYTHON_VERSION=3.11
 FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS beam_sdk
 FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:latest AS template_launcher
 
-FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+# CUDA 12 and cuDNN 9 come as wheels with .[gpu] (below): the base image needs no CUDA libraries.
+FROM nvidia/cuda:12.4.1-base-ubuntu22.04
 ARG BEAM_VERSION
 ARG PYTHON_VERSION
 ARG DALI_VERSION=2.4.0
@@ -34,7 +35,8 @@ WORKDIR /opt/beam_curator
 COPY setup.py README.md metadata.json ./
 COPY beam_curator ./beam_curator
 COPY transforms ./transforms
-# [gpu]: onnxruntime-gpu (CUDA 12, as DALI's cuda120 build) for the model stages; torch is not needed.
+# [gpu]: onnxruntime-gpu (CUDA 12, as DALI's cuda120 build) with its CUDA 12 and cuDNN 9 wheels, for the
+# model stages; torch is not needed.
 RUN pip install ".[gpu]" && pip check
 
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/beam_curator/beam_curator/flex_template.py

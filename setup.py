@@ -31,10 +31,12 @@ setup(
     ],
     extras_require={
         # The model stages (--model-dir): ONNX Runtime on the CPU. GPU workers install [gpu] instead:
-        # onnxruntime-gpu is the same module with the CUDA provider; 1.22-1.26 are built for CUDA 12,
-        # as nvidia-dali-cuda120 is (1.27 and later want CUDA 13, and DALI's nvidia-dali-cuda130).
+        # onnxruntime-gpu is the same module with the CUDA provider. 1.22-1.26 are built for CUDA 12, as
+        # nvidia-dali-cuda120 is, and their cuda/cudnn extras bring CUDA 12 and cuDNN 9 as wheels, so the
+        # pair needs only a driver (CUDA 12 or 13 era), not the host's CUDA libraries. 1.27 and later are
+        # CUDA 13 builds: docs/DEPLOYMENT.md ("CUDA pairs") says when and how to use them.
         "models": MODELS,
-        "gpu": ["onnxruntime-gpu>=1.22,<1.27", *TOKENIZERS],
+        "gpu": ["onnxruntime-gpu[cuda,cudnn]>=1.22,<1.27", *TOKENIZERS],
         # export-models only: torch and transformers read the checkpoints and write ONNX.
         "export": EXPORT,
         "test": [

@@ -125,7 +125,8 @@ class FileGroupTask(Task):
 class ImageObject:
     """One image sample.
 
-    image_data is HxWx3 uint8 RGB. The reader marks the arrays it decodes read-only and keeps a
+    image_data is HxWx3 uint8 RGB, or None when no stage asked the reader for pixels (ImageReaderStage
+    pixels=False; width and height are set all the same). The reader marks the arrays it decodes read-only and keeps a
     reference in `decoded_pixels`: while `image_data is decoded_pixels` the pixels are the ones decoded
     from `image_bytes`, so a writer can store the original bytes instead of re-encoding. A stage that
     changes pixels must build a new array (the decoded one cannot be written in place).
@@ -151,6 +152,10 @@ class ImageObject:
     phash: int | None = None  # 64-bit perceptual hash as int64 (ImagePHashStage, curate --phash)
     sha256: str | None = None  # hex digest of image_bytes as read (the reader's; the parquet's sha256 column)
     decoded_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # The image as a model's input (CLIP's preprocessing, 3xHxW), made by the reader's DALI pipeline for
+    # the embedding stage, which uses it up: a host array, or a row in GPU memory
+    # (beam_curator.formats.model_input.DeviceRow, which crosses processes as a host array).
+    model_input: Any = field(default=None, repr=False, compare=False)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled arrays come back writeable; keep the decoded pixels protected across fusion breaks.

@@ -7,6 +7,11 @@ against bare ONNX Runtime on the same model, same machine, same run, interleaved
   (p) `beam-curator curate --model-dir M --embed --scores aesthetic,nsfw` over the benchmark photos
       (0.3-0.8 MP JPEGs): read, DALI decode, CLIP preprocessing, the same three models, write.
 
+`--null-model` measures the model path's own overhead instead: the image tower is replaced by a model
+that costs ~nothing (the mean of each channel times a 3 x 768 matrix, normalised: a real ONNX file in a
+real MODEL_DIR, loaded by the same code), and (p) is compared with (c), the pass-through `curate` on the
+same data in the same rounds. Target: (p) >= 0.8 x (c), both on the job clock.
+
 The model is a ViT-B/32-sized CLIP (openai/clip-vit-base-patch32's sizes: real compute; `--model-size
 vit-l-14` for NeMo Curator's ViT-L/14) with random weights, and the heads at their real sizes for its
 embeddings, exported through `beam-curator export-models` (no weights can be downloaded here), in
@@ -28,6 +33,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TARGET = 0.85
+NULL_TARGET = 0.8
 
 
 def exported_model_dir(data: str, size: str, fp16: bool) -> str:
@@ -49,8 +55,55 @@ def exported_model_dir(data: str, size: str, fp16: bool) -> str:
     return exported
 
 
+def null_model_dir(data: str) -> str:
+    """A MODEL_DIR whose image tower costs ~nothing: a tiny 224 px CLIP and the real heads exported by
+    export-models, then the image tower's file replaced by per-channel means x a 3 x 768 matrix,
+    L2-normalised (the manifest's sha256 and size updated). Cached in benchmarks/data."""
+    import hashlib
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from beam_curator.models import tiny as tiny_models
+
+    exported = os.path.join(data, "models-null", "exported")
+    manifest_path = os.path.join(exported, "beam_curator_models.json")
+    if os.path.exists(manifest_path):
+        return exported
+    sizes = {**tiny_models.TINY, "vision": {**tiny_models.TINY["vision"], "image_size": 224, "patch_size": 32},
+             "image_size": 224}
+    tiny_models.export_tiny_models(exported + ".tmp", sizes=sizes)
+    with open(os.path.join(exported + ".tmp", "beam_curator_models.json")) as handle:
+        manifest = json.load(handle)
+    entry = manifest["files"]["image_encoder"]
+    weights = np.random.default_rng(0).normal(size=(3, manifest["embedding_dim"])).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["pixel_values"], ["means"], axes=[2, 3], keepdims=0),
+         helper.make_node("MatMul", ["means", "weights"], ["features"]),
+         helper.make_node("ReduceL2", ["features"], ["norms"], axes=[1], keepdims=1),
+         helper.make_node("Div", ["features", "norms"], ["output"])],
+        "null_image_tower",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", manifest["embedding_dim"]])],
+        [numpy_helper.from_array(weights, "weights")])
+    # IR version 8 (opset 17's): the onnx package writes its newest by default, which older runtimes refuse.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    path = os.path.join(exported + ".tmp", entry["path"])
+    onnx.save(model, path)
+    with open(path, "rb") as handle:
+        payload = handle.read()
+    entry.update(sha256=hashlib.sha256(payload).hexdigest(), bytes=len(payload))
+    with open(os.path.join(exported + ".tmp", "beam_curator_models.json"), "w") as handle:
+        json.dump(manifest, handle, indent=2)
+    os.rename(exported + ".tmp", exported)
+    return exported
+
+
 def run_bare(model_dir: str, images: int, batch: int, gpu: bool) -> dict:
-    """(m) in a child process: seconds spent in session.run for `images` preprocessed inputs."""
+    """(m) in a child process: seconds spent in the sessions for `images` preprocessed inputs. On the GPU
+    the inputs wait in GPU memory (bound through IO binding): no host-to-device copy is timed."""
     script = f"""
 import json, time, numpy as np
 from beam_curator.models.inference import OnnxModel
@@ -58,16 +111,31 @@ from beam_curator.models.model_dir import read_manifest, fetch_model_files
 manifest = read_manifest({model_dir!r})
 paths = fetch_model_files(manifest, ("image_encoder", "aesthetic", "nsfw"))
 models = {{role: OnnxModel(path, use_gpu={gpu}) for role, path in paths.items()}}
-if {gpu} and models["image_encoder"].provider != "CUDAExecutionProvider":
+encoder = models["image_encoder"]
+if {gpu} and not encoder.on_gpu:
     raise SystemExit("no CUDA provider: install onnxruntime-gpu")
 p = manifest.preprocessing
-pixels = np.random.default_rng(0).normal(size=({batch}, 3, p["crop_height"], p["crop_width"])).astype(np.float32)
-models["image_encoder"].run_in_chunks(pixels[:2], 2)  # warm-up
+pixels = np.random.default_rng(0).normal(size=({batch}, 3, p["crop_height"], p["crop_width"])).astype(encoder.input_dtype)
+(name,) = encoder.inputs
+if {gpu}:
+    import onnxruntime as ort
+    on_device = {{n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(pixels[:n]), "cuda", 0)
+                 for n in sorted({{{batch}, {images} % {batch} or {batch}, 2}})}}
+    def embed(n):
+        binding = encoder.session.io_binding()
+        binding.bind_ortvalue_input(name, on_device[n])
+        binding.bind_output(encoder.output_name, "cpu")
+        encoder.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+else:
+    def embed(n):
+        return encoder.run({{name: pixels[:n]}})
+embed(2)  # warm-up
 started = time.perf_counter()
 done = 0
 while done < {images}:
     n = min({batch}, {images} - done)
-    embeddings = models["image_encoder"].run_in_chunks(pixels[:n], {batch})
+    embeddings = np.asarray(embed(n), dtype=np.float32)
     models["aesthetic"].run_in_chunks(embeddings, {batch})
     models["nsfw"].run_in_chunks(embeddings, {batch})
     done += n
@@ -77,13 +145,14 @@ print(json.dumps({{"seconds": time.perf_counter() - started}}))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_pipeline(source: str, out: str, model_dir: str, batch: int, gpu: bool, measure) -> dict:
+def run_pipeline(source: str, out: str, model_dir: str, batch: int, gpu: bool, measure,
+                 reader: tuple[str, ...] = ()) -> dict:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "beam_curator", "curate", source, "--output", out, "--no-progress",
                "--num-gpus-per-worker", "1" if gpu else "0", "--model-dir", model_dir, "--embed", "--scores", "aesthetic,nsfw",
-               "--model-batch-size", str(batch)]
+               "--model-batch-size", str(batch), *reader]
     figures = measure(command)
     with open(os.path.join(out, "_stats.json")) as handle:
         stats = json.load(handle)
@@ -97,6 +166,8 @@ def run_pipeline(source: str, out: str, model_dir: str, batch: int, gpu: bool, m
 
 def main(args, bench) -> int:
     """The run; bench is benchmarks/run.py (its dataset, measuring and docs helpers)."""
+    if args.null_model:
+        return main_null(args, bench)
     source = bench.make_dataset(args.shards, args.images_per_shard)
     images, _, _ = bench.dataset_figures(source)
     data, results, measure = bench.DATA, args.results, bench._measure_in_child
@@ -106,9 +177,10 @@ def main(args, bench) -> int:
           f"{args.device}", flush=True)
     out = os.path.join(data, "out", "models")
     bare, pipeline = [], []
+    reader = ("--isolate-decoder", "never") if gpu else ()  # in process: the model input stays on the GPU
     for round_index in range(args.rounds):
         bare.append(run_bare(model_dir, images, args.model_batch, gpu))
-        pipeline.append(run_pipeline(source, out, model_dir, args.model_batch, gpu, measure))
+        pipeline.append(run_pipeline(source, out, model_dir, args.model_batch, gpu, measure, reader))
         if pipeline[-1]["images_out"] != images:
             raise RuntimeError(f"(p) wrote {pipeline[-1]['images_out']} images, not {images}")
         print(f"round {round_index + 1}/{args.rounds}: bare {images / bare[-1]['seconds']:.1f} img/s, pipeline "
@@ -140,6 +212,56 @@ def main(args, bench) -> int:
     if args.update_docs:
         bench.replace_doc_block("models" if args.device == "cpu" else "models-gpu",
                                 f"Run {result['when']} on {result['machine']['cpus']} CPUs.\n\n{table(result)}")
+    return 0
+
+
+def main_null(args, bench) -> int:
+    """(p) with a model that costs ~nothing against (c), pass-through curate, same data, interleaved."""
+    source = bench.make_dataset(args.shards, args.images_per_shard)
+    images, _, _ = bench.dataset_figures(source)
+    model_dir = null_model_dir(bench.DATA)
+    gpu = args.device == "gpu"
+    print(f"null model: {images} images in {source}; on the {args.device}", flush=True)
+    reader = ("--no-reader-verbose", "--num-threads", str(args.threads), "--dali-batch-size", str(args.batch),
+              *(("--isolate-decoder", "never") if gpu else ()))
+    out = os.path.join(bench.DATA, "out")
+    passes, nulls = [], []
+    for round_index in range(args.rounds):
+        passes.append(bench.run_cli(source, os.path.join(out, "c"), args.threads, args.batch, reencode=False,
+                                    gpu=gpu, extra=reader[-2:] if gpu else ()))
+        nulls.append(run_pipeline(source, os.path.join(out, "p"), model_dir, args.model_batch, gpu,
+                                  bench._measure_in_child, reader))
+        if nulls[-1]["images_out"] != images:
+            raise RuntimeError(f"(p) wrote {nulls[-1]['images_out']} images, not {images}")
+        print(f"round {round_index + 1}/{args.rounds}: pass-through {images / passes[-1]['job_seconds']:.1f} img/s, "
+              f"null model {images / nulls[-1]['job_seconds']:.1f} img/s (job clock)", flush=True)
+    pass_rate = images / statistics.median(run["job_seconds"] for run in passes)
+    null_rate = images / statistics.median(run["job_seconds"] for run in nulls)
+    result = {
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "device": args.device, "images": images, "rounds": args.rounds, "threads": args.threads,
+        "batch": args.batch, "model_batch": args.model_batch,
+        "pass_through_job_images_per_s": pass_rate, "null_model_job_images_per_s": null_rate,
+        "ratio": null_rate / pass_rate, "target": NULL_TARGET, "target_met": null_rate / pass_rate >= NULL_TARGET,
+        "stage_seconds_median": {name: statistics.median(run["stage_seconds"].get(name, 0) for run in nulls)
+                                 for name in nulls[-1]["stage_seconds"]},
+    }
+    text = "\n".join([
+        f"{images} images, {args.rounds} rounds, {args.threads} DALI threads, batch {args.batch}, on the {args.device}",
+        "", "| contender | images/s (median, job clock) |", "|---|---|",
+        f"| (c) curate, bytes passed through | {pass_rate:.1f} |",
+        f"| (p) curate --embed --scores aesthetic,nsfw, null image tower | {null_rate:.1f} |",
+        "", "| ratio | measured | target | met |", "|---|---|---|---|",
+        f"| p/c | {result['ratio']:.3f} | >= {NULL_TARGET} | {'yes' if result['target_met'] else 'no'} |"])
+    print(text)
+    os.makedirs(args.results, exist_ok=True)
+    name = args.name or f"{datetime.date.today().isoformat()}-{args.device}"
+    with open(os.path.join(args.results, f"{name}-null-model.json"), "w") as handle:
+        json.dump(result, handle, indent=2)
+    if args.update_docs:
+        bench.replace_doc_block("null-model" if args.device == "cpu" else "null-model-gpu",
+                                f"Run {result['when']} on {result['machine']['cpus']} CPUs.\n\n{text}")
     return 0
 
 

@@ -13,6 +13,7 @@ benchmarks/results/<name>.json and, with --update-docs, the table in docs/PERFOR
     python3 dev.py bench --rss-check     # also peak RSS of (c) at 2,000 and 20,000 images
     python3 dev.py bench --shards 80 --doc-block bench-large --update-docs   # 20,000 images
     python3 dev.py bench --models        # the model path: curate with CLIP + heads vs bare onnxruntime
+    python3 dev.py bench --models --null-model   # the model path's own cost: a free model vs pass-through
                                          # (benchmarks/models.py; 2 x 250 images, 3 rounds)
     python3 dev.py bench --dedup         # dedup of 1,000,000 hashes and embeddings, --phash, prune
                                          # (benchmarks/dedup.py)
@@ -177,11 +178,12 @@ def run_b(source: str, out: str) -> dict:
     return {"seconds": figures["seconds"], "peak_rss_mb": figures["peak_rss_mb"], "images_out": int(figures["stdout"])}
 
 
-def run_cli(source: str, out: str, threads: int, batch: int, reencode: bool) -> dict:
+def run_cli(source: str, out: str, threads: int, batch: int, reencode: bool, gpu: bool = False,
+            extra: tuple[str, ...] = ()) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "beam_curator", "curate", source, "--output", out, "--no-progress",
                "--no-reader-verbose", "--num-threads", str(threads), "--dali-batch-size", str(batch),
-               "--num-gpus-per-worker", "0"] + (["--force-reencode"] if reencode else [])
+               "--num-gpus-per-worker", "1" if gpu else "0", *extra] + (["--force-reencode"] if reencode else [])
     figures = _measure_in_child(command)
     with open(os.path.join(out, "_stats.json")) as handle:
         stats = json.load(handle)
@@ -232,6 +234,8 @@ def main(argv=None) -> int:
                         help="the random CLIP's architecture (with --models)")
     parser.add_argument("--fp16", action="store_true", help="export the CLIP towers in float16 (with --models)")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the models run (with --models)")
+    parser.add_argument("--null-model", action="store_true",
+                        help="with --models: an image tower that costs ~nothing, against pass-through curate")
     parser.add_argument("--dedup", action="store_true", help="the dedup benchmark instead (benchmarks/dedup.py)")
     parser.add_argument("--dedup-n", type=int, default=1_000_000, help="hashes and embeddings (with --dedup)")
     parser.add_argument("--dedup-clusters", type=int, default=1000, help="semantic k-means clusters (with --dedup)")

@@ -30,7 +30,7 @@ class ImageBatchCoder(coders.Coder):
         size = 256
         for obj in value.data:
             size += 256 + len(obj.image_bytes or b"") + sum(len(v) for v in obj.companions.values())
-            for array in (obj.image_data, obj.embedding):
+            for array in (obj.image_data, obj.embedding, obj.model_input):
                 size += getattr(array, "nbytes", 0)
         return size
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -22,14 +23,18 @@ import threading
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 from beam_curator.formats.image_structure import dali_problem
+from beam_curator.formats.model_input import DeviceRow, DeviceRows, ModelInput
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DaliImageDecoder",
+    "DecodeOutputs",
+    "Decoded",
     "DecodedImages",
     "DecoderBase",
     "ImageDecodeError",
@@ -141,11 +146,41 @@ def _pillow_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeOutputs:
+    """What a decoder hands back of each image beside its height and width: its full-size pixels
+    (only when a stage reads them: on the GPU each is a device-to-host copy), and the input of a model
+    (`model_input`: CLIP's preprocessing, made in the decoding pipeline; on the GPU it stays there)."""
+
+    pixels: bool = True
+    model_input: ModelInput | None = None
+
+
+@dataclasses.dataclass
+class Decoded:
+    """One decoded image: its size, its HxWx3 uint8 RGB pixels (a read-only view, when asked for) and
+    its model input (3xHxW in the model's dtype: a host array, or a DeviceRow on the GPU, when asked
+    for)."""
+
+    height: int
+    width: int
+    pixels: np.ndarray | None = None
+    model_input: Any = None
+
+    @classmethod
+    def of(cls, pixels: np.ndarray, outputs: DecodeOutputs) -> Decoded:
+        """What `outputs` asks for, made on the host from decoded pixels (images DALI did not decode)."""
+        model_input = outputs.model_input.on_host(pixels) if outputs.model_input is not None else None
+        return cls(int(pixels.shape[0]), int(pixels.shape[1]), pixels if outputs.pixels else None, model_input)
+
+
 class DecodedImages(list):
-    """What a submitted batch's future gives: decode()'s results, and `pillow`, how many of them Pillow
-    decoded (DALI refused them, or their structure kept them from DALI)."""
+    """What a submitted batch's future gives: decode()'s results, `pillow`, how many of them Pillow
+    decoded (DALI refused them, or their structure kept them from DALI), and `pixels_to_host`, how many
+    images' full-size pixels came to host memory."""
 
     pillow = 0
+    pixels_to_host = 0
 
 
 class DecoderBase:
@@ -184,6 +219,7 @@ class DecoderBase:
         self.take_pillow_count()
         results = DecodedImages(self.decode(images))
         results.pillow = self.take_pillow_count()
+        results.pixels_to_host = sum(isinstance(result, Decoded) and result.pixels is not None for result in results)
         return results
 
     def decode(self, images: Sequence[bytes]) -> list:
@@ -191,7 +227,7 @@ class DecoderBase:
 
 
 class DaliImageDecoder(DecoderBase):
-    """A DALI pipeline that decodes batches of encoded images to HxWx3 uint8 RGB arrays.
+    """A DALI pipeline that decodes batches of encoded images (see DecodeOutputs for what it returns).
 
     Thread-safe: Beam runs one DoFn instance per harness thread and they share one decoder per
     process, so feeding and running the pipeline is serialised by a lock (DALI itself decodes with
@@ -200,12 +236,13 @@ class DaliImageDecoder(DecoderBase):
     """
 
     def __init__(self, *, batch_size: int, num_threads: int, use_gpu: bool, device_id: int = 0,
-                 _check_structure: bool = True):
+                 outputs: DecodeOutputs = DecodeOutputs(), _check_structure: bool = True):
         from nvidia.dali import fn, pipeline_def, types
 
         self.batch_size = batch_size
         self.num_threads = num_threads
         self.device = "mixed" if use_gpu else "cpu"
+        self.outputs = outputs
         self._lock = threading.Lock()
         self._check_structure = _check_structure  # False only in the crash-fuzz harness (tests/support/decoder_fuzz.py)
 
@@ -226,32 +263,38 @@ class DaliImageDecoder(DecoderBase):
         def _pipeline():
             # no_copy: DALI reads the callers' bytes in place; _run keeps them alive until the outputs are back.
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=True)
-            return fn.decoders.image(encoded, **decoder_options)
+            decoded = fn.decoders.image(encoded, **decoder_options)
+            # The shapes always (a CPU output, also for images on the GPU: no pixels need copying for
+            # them); the pixels and the model input when asked for.
+            wanted = [decoded.shape(dtype=types.INT64)]
+            if outputs.pixels:
+                wanted.append(decoded)
+            if outputs.model_input is not None:
+                wanted.append(outputs.model_input.dali(decoded))
+            return tuple(wanted)
 
         self._pipeline = _pipeline()
         self._pipeline.build()
         if not _LIVE_DECODERS:
             atexit.register(_release_live_decoders)
         _LIVE_DECODERS.add(self)
-        _LOG.info(
-            "built DALI %s decoding pipeline (batch_size=%s, num_threads=%s)", self.device, batch_size, num_threads
-        )
+        _LOG.info("built DALI %s decoding pipeline (batch_size=%s, num_threads=%s, pixels=%s, model input=%s)",
+                  self.device, batch_size, num_threads, outputs.pixels,
+                  outputs.model_input.dtype if outputs.model_input else None)
 
-    def decode(self, images: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
-        """Decode `images`; each result is an array or the error that stopped that image alone.
+    def decode(self, images: Sequence[bytes]) -> list[Decoded | ImageDecodeError]:
+        """Decode `images`; each result is a Decoded or the error that stopped that image alone.
 
         Only images whose structure passes `dali_problem` reach DALI (its decoders can segfault on
         malformed bytes); the others are decoded by Pillow alone."""
-        results: list[np.ndarray | ImageDecodeError | None] = [None] * len(images)
+        results: list[Decoded | ImageDecodeError | None] = [None] * len(images)
         checked: list[int] = []  # indexes of the images DALI may decode
         for index, data in enumerate(images):
             problem = (dali_problem(data) if self._check_structure else None) if data else "empty image member"
             if problem is None:
                 checked.append(index)
             else:
-                results[index] = _decode_with_pillow_only(data, problem)
-                if isinstance(results[index], np.ndarray):
-                    self._count_pillow()
+                results[index] = self._decode_with_pillow(data, f"not given to DALI ({problem})")
         for start in range(0, len(checked), self.batch_size):
             indexes = checked[start : start + self.batch_size]
             decoded = self._decode_checked([images[index] for index in indexes])
@@ -259,7 +302,7 @@ class DaliImageDecoder(DecoderBase):
                 results[index] = result
         return results  # type: ignore[return-value]
 
-    def _decode_checked(self, chunk: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
+    def _decode_checked(self, chunk: Sequence[bytes]) -> list[Decoded | ImageDecodeError]:
         """Decode images that passed the structural check: the whole chunk at once, or one by one
         when DALI fails it."""
         try:
@@ -267,34 +310,51 @@ class DaliImageDecoder(DecoderBase):
         except RuntimeError:
             return self._decode_one_by_one(chunk)
 
-    def _run(self, chunk: Sequence[bytes]) -> list[np.ndarray]:
+    def _run(self, chunk: Sequence[bytes]) -> list[Decoded]:
         arrays = [np.frombuffer(data, dtype=np.uint8) for data in chunk]
         with self._lock, _native_stderr_to_debug_log():
             self._pipeline.feed_input("encoded", arrays)
-            (decoded,) = self._pipeline.run()
-            if self.device == "mixed":
-                decoded = decoded.as_cpu()
+            shapes, *rest = self._pipeline.run()
+        pixels = rest.pop(0) if self.outputs.pixels else None
+        model_input = rest.pop(0) if self.outputs.model_input is not None else None
+        if pixels is not None and self.device == "mixed":
+            pixels = pixels.as_cpu()  # the one device-to-host copy of full-size pixels, made only when asked for
+        rows = DeviceRows(model_input) if model_input is not None and self.device == "mixed" else None
+        results = []
+        for index in range(len(chunk)):
+            height, width = (int(extent) for extent in np.asarray(shapes[index])[:2])
             # Zero-copy views: with the dynamic executor an output buffer stays valid, and is not reused,
             # for as long as a view of it lives (tests/unit/test_decoding.py checks this). Copying them out
             # cost as much as decoding.
-            return [np.asarray(decoded[i]) for i in range(len(chunk))]
+            results.append(Decoded(
+                height, width, np.asarray(pixels[index]) if pixels is not None else None,
+                DeviceRow(rows, index) if rows is not None else
+                np.asarray(model_input[index]) if model_input is not None else None))
+        return results
 
-    def _decode_one_by_one(self, chunk: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
-        results: list[np.ndarray | ImageDecodeError] = []
+    def _decode_one_by_one(self, chunk: Sequence[bytes]) -> list[Decoded | ImageDecodeError]:
+        results: list[Decoded | ImageDecodeError] = []
         for data in chunk:
             try:
-                (pixels,) = self._run([data])
+                (decoded,) = self._run([data])
             except RuntimeError as dali_error:
                 dali_reason = _dali_reason(dali_error)
                 _LOG.debug("DALI could not decode an image (%s), trying Pillow", dali_reason)
-                try:
-                    pixels = decode_with_pillow(data)
-                except ImageDecodeError as pillow_error:
-                    results.append(ImageDecodeError(f"DALI: {dali_reason}; Pillow: {pillow_error}"))
-                    continue
-                self._count_pillow()
-            results.append(pixels)
+                results.append(self._decode_with_pillow(data, f"DALI: {dali_reason}"))
+                continue
+            results.append(decoded)
         return results
+
+    def _decode_with_pillow(self, data: bytes, why_not_dali: str) -> Decoded | ImageDecodeError:
+        """An image DALI did not decode, decoded by Pillow (what the outputs ask for made on the host)."""
+        try:
+            decoded = Decoded.of(decode_with_pillow(data), self.outputs)
+        except ImageDecodeError as pillow_error:
+            return ImageDecodeError(f"{why_not_dali}; Pillow: {pillow_error}")
+        except ValueError as error:  # the model input could not be made of these pixels
+            return ImageDecodeError(f"{why_not_dali}; Pillow decoded it, the model input failed: {error}")
+        self._count_pillow()
+        return decoded
 
 
 _STDERR_LOCK = threading.Lock()  # one redirection of fd 2 at a time in this process
@@ -344,13 +404,6 @@ _ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 _NATIVE_LINE = re.compile(r"^(\[(ERROR|WARNING|INFO|DEBUG|TRACE|FATAL)\]|libpng |Corrupt JPEG data|Premature end of "
                           r"JPEG|Invalid JPEG|Unsupported marker|Input file read error|Bogus |Warning: |"
                           r"Not a JPEG|JPEG datastream|Huffman table|Quantization table|TIFF|OpenCV)")
-
-
-def _decode_with_pillow_only(data: bytes, problem: str) -> np.ndarray | ImageDecodeError:
-    try:
-        return decode_with_pillow(data)
-    except ImageDecodeError as pillow_error:
-        return ImageDecodeError(f"not given to DALI ({problem}); Pillow: {pillow_error}")
 
 
 def _dali_reason(error: RuntimeError) -> str:

@@ -366,8 +366,12 @@ def _check_tiff(data: bytes) -> str | None:
     if count == 0 or ifd + 2 + 12 * count > end:
         return "TIFF first directory runs past the file"
     tags: dict[int, list[int]] = {}
+    previous = -1
     for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
         tag, kind, n = struct.unpack_from(order + "HHI", data, entry)
+        if tag <= previous:  # TIFF 6.0 sorts a directory's tags; a flipped bit in a tag breaks the order
+            return f"TIFF tags are out of order ({tag} after {previous})"
+        previous = tag
         size = _TIFF_TYPE_SIZES.get(kind)
         if size is None:
             return f"TIFF tag {tag} has unknown type {kind}"
@@ -387,6 +391,12 @@ def _check_tiff(data: bytes) -> str | None:
         return f"TIFF compression {tags[259][0]} is decoded by Pillow"
     if any(bits != 8 for bits in tags.get(258, [1])) or tags.get(277, [1])[0] not in (1, 3, 4):
         return "TIFF sample layout is decoded by Pillow"
+    # One BitsPerSample value per sample: a GPU decoder segfaulted on an RGB TIFF whose SamplesPerPixel
+    # tag was lost (3 bits-per-sample values, 1 sample per pixel by default; docs/ROBUSTNESS.md).
+    if len(tags.get(258, [8])) not in (1, tags.get(277, [1])[0]):
+        return "TIFF BitsPerSample and SamplesPerPixel disagree"
+    if tags.get(262, [1])[0] == 2 and tags.get(277, [1])[0] < 3:
+        return "RGB TIFF with fewer than 3 samples per pixel"
     if 322 in tags or 324 in tags:
         return "tiled TIFF is decoded by Pillow"
     offsets, counts = tags.get(273), tags.get(279)

@@ -5,19 +5,21 @@ malformed images, but a native decoder can still fail in ways no header check fo
 H200 the GPU decoder segfaulted on one case in 300 that the first version of the check let through
 (docs/ROBUSTNESS.md). `IsolatedDecoder` runs a `DaliImageDecoder` in a child process:
 
-- encoded bytes go to the child through a pipe; decoded pixels come back in a shared-memory segment
-  that the parent views without copying; the child reuses a segment once every array viewing it is
+- encoded bytes go to the child through a pipe; decoded pixels and model inputs (those DecodeOutputs
+  asks for) come back in a shared-memory segment that the parent views without copying (a model input
+  made on the GPU comes back through host memory: a child's GPU memory cannot outlive it); the child reuses a segment once every array viewing it is
   gone (fresh pages cost more to fault in than the copy itself);
 - when the child dies (or hangs past `timeout_s`), a new child decodes that batch again one image at
   a time; the image it dies on fails alone (an ImageDecodeError naming the signal) and the rest are
   decoded as usual.
 
-It has DaliImageDecoder's interface (`decode`, `submit`, `batch_size`, `num_threads`, `device`).
+It has DaliImageDecoder's interface (`decode`, `submit`, `batch_size`, `num_threads`, `device`, `outputs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import mmap
@@ -35,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from beam_curator.formats.decoding import DecoderBase, ImageDecodeError
+from beam_curator.formats.decoding import Decoded, DecodeOutputs, DecoderBase, ImageDecodeError
+from beam_curator.formats.model_input import DeviceRow, ModelInput
 
 __all__ = ["DecoderProcessDied", "IsolatedDecoder"]
 
@@ -87,13 +90,15 @@ class IsolatedDecoder(DecoderBase):
     """A DaliImageDecoder in a child process; thread-safe, one batch in flight at a time."""
 
     def __init__(self, *, batch_size: int, num_threads: int, use_gpu: bool, device_id: int = 0,
-                 timeout_s: float = 600.0, _check_structure: bool = True):
+                 outputs: DecodeOutputs = DecodeOutputs(), timeout_s: float = 600.0, _check_structure: bool = True):
         self.batch_size = batch_size
         self.num_threads = num_threads
         self.device = "mixed" if use_gpu else "cpu"
+        self.outputs = outputs
         self.restarts = 0
         self._options = {"batch_size": batch_size, "num_threads": num_threads, "use_gpu": use_gpu,
-                         "device_id": device_id, "_check_structure": _check_structure}
+                         "device_id": device_id, "_check_structure": _check_structure,
+                         "outputs": dataclasses.asdict(outputs)}
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
         self._child: subprocess.Popen | None = None
@@ -122,11 +127,13 @@ class IsolatedDecoder(DecoderBase):
                 child.wait()
 
     def __del__(self):
-        with contextlib.suppress(Exception):  # interpreter teardown
+        try:  # noqa: SIM105 - at interpreter teardown contextlib itself may be gone
             self.close()
+        except Exception:
+            pass
 
-    def decode(self, images: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
-        """Decode `images`; each result is an array or the error that stopped that image alone."""
+    def decode(self, images: Sequence[bytes]) -> list[Decoded | ImageDecodeError]:
+        """Decode `images`; each result is a Decoded or the error that stopped that image alone."""
         with self._lock:
             try:
                 return self._decode_in_child(images)
@@ -134,7 +141,7 @@ class IsolatedDecoder(DecoderBase):
                 _LOG.warning("the decoding process died (%s) on a batch of %d image(s); decoding it again "
                              "one image at a time", died, len(images))
                 self._restart()
-            results: list[np.ndarray | ImageDecodeError] = []
+            results: list[Decoded | ImageDecodeError] = []
             for data in images:
                 try:
                     results.extend(self._decode_in_child([data]))
@@ -153,7 +160,7 @@ class IsolatedDecoder(DecoderBase):
         self.restarts += 1
         self._start_child()
 
-    def _decode_in_child(self, images: Sequence[bytes]) -> list[np.ndarray | ImageDecodeError]:
+    def _decode_in_child(self, images: Sequence[bytes]) -> list[Decoded | ImageDecodeError]:
         child = self._child
         assert child is not None and child.stdin is not None and child.stdout is not None  # started with pipes
         sizes = [len(data) for data in images]
@@ -173,8 +180,8 @@ class IsolatedDecoder(DecoderBase):
             raise DecoderProcessDied(_exit_reason(child)) from None
         return self._results_from(reply, child.pid)
 
-    def _results_from(self, reply: dict, pid: int) -> list[np.ndarray | ImageDecodeError]:
-        """Arrays viewing the reply's shared-memory segment, and ImageDecodeErrors."""
+    def _results_from(self, reply: dict, pid: int) -> list[Decoded | ImageDecodeError]:
+        """Decoded images whose arrays view the reply's shared-memory segment, and ImageDecodeErrors."""
         whole: np.ndarray | None = None
         self._count_pillow(reply["pillow"])
         for segment in reply["dropped"]:
@@ -186,17 +193,23 @@ class IsolatedDecoder(DecoderBase):
                     self._segments[segment] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
                 os.unlink(reply["path"])
             whole = np.frombuffer(self._segments[segment], dtype=np.uint8, count=reply["bytes"])
-            # Every image is a view of `whole`: when the last is gone, the child may reuse the segment.
+            # Every array is a view of `whole`: when the last is gone, the child may reuse the segment.
             weakref.finalize(whole, self._released.append, (pid, segment))
-        results: list[np.ndarray | ImageDecodeError] = []
+
+        def view(where: list | None) -> np.ndarray | None:
+            if where is None:
+                return None
+            assert whole is not None  # a reply with arrays has a segment
+            offset, shape, dtype = where
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            return whole[offset : offset + size].view(dtype).reshape(shape)
+
+        results: list[Decoded | ImageDecodeError] = []
         for item in reply["results"]:
             if "error" in item:
                 results.append(ImageDecodeError(item["error"]))
             else:
-                assert whole is not None  # a reply with images has a segment
-                shape = tuple(item["shape"])
-                start = item["offset"]
-                results.append(whole[start : start + int(np.prod(shape))].reshape(shape))
+                results.append(Decoded(item["height"], item["width"], view(item["pixels"]), view(item["model_input"])))
         return results
 
 
@@ -262,11 +275,42 @@ class _ChildSegments:
         return segment, self._mapped[segment], path
 
 
+_ALIGNMENT = 64  # each array of a segment starts on a cache line (and suits any dtype)
+
+
+def _layout(results: list) -> tuple[list[dict[str, Any]], list[tuple[np.ndarray, int]], int]:
+    """Where each result's arrays go in the reply's segment: (per-result layout, (array, offset) to
+    copy, total bytes)."""
+    layout: list[dict[str, Any]] = []
+    copies: list[tuple[np.ndarray, int]] = []
+    total = 0
+    for result in results:
+        if isinstance(result, ImageDecodeError):
+            layout.append({"error": str(result)})
+            continue
+        item: dict[str, Any] = {"height": result.height, "width": result.width}
+        for name in ("pixels", "model_input"):
+            array = getattr(result, name)
+            if isinstance(array, DeviceRow):
+                array = array.to_host()
+            if array is None:
+                item[name] = None
+                continue
+            item[name] = [total, list(array.shape), array.dtype.str]
+            copies.append((array, total))
+            total += -(-array.nbytes // _ALIGNMENT) * _ALIGNMENT
+        layout.append(item)
+    return layout, copies, total
+
+
 def _serve(options: dict) -> None:
-    """Decode batches from stdin until it closes; reply with the pixels in a shared-memory segment."""
+    """Decode batches from stdin until it closes; reply with the arrays in a shared-memory segment."""
     from beam_curator.formats.decoding import DaliImageDecoder
 
-    decoder = DaliImageDecoder(**options)
+    wanted = options.pop("outputs")
+    spec = wanted["model_input"]  # dataclasses.asdict of the parent's ModelInput
+    model_input = ModelInput.of(spec, spec["dtype"]) if spec else None
+    decoder = DaliImageDecoder(**options, outputs=DecodeOutputs(pixels=wanted["pixels"], model_input=model_input))
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write to the reply stream
     segments = _ChildSegments()
@@ -283,24 +327,15 @@ def _serve(options: dict) -> None:
             offset += size
         del payload
         results = decoder.decode(images)
-        layout: list[dict[str, Any]] = []
-        total = 0
-        for result in results:
-            if isinstance(result, ImageDecodeError):
-                layout.append({"error": str(result)})
-            else:
-                layout.append({"shape": list(result.shape), "offset": total})
-                total += result.nbytes
+        layout, copies, total = _layout(results)
         reply: dict[str, Any] = {"results": layout, "bytes": total, "segment": None, "path": None,
                                  "pillow": decoder.take_pillow_count()}
         if total:
             reply["segment"], whole, reply["path"] = segments.take(total)
+            for array, start in copies:
+                whole[start : start + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         reply["dropped"], segments.dropped = segments.dropped, []
-        if total:
-            for result, where in zip(results, layout):
-                if isinstance(result, np.ndarray):
-                    whole[where["offset"] : where["offset"] + result.nbytes] = result.reshape(-1)
-        del results
+        del results, copies
         _send(replies, reply)
 
 

@@ -193,7 +193,8 @@ def build_pipeline(args: argparse.Namespace, beam_args: list[str], *, progress_d
     all_stages = (build_curation_stages(args) + [load_stage(spec) for spec in (getattr(args, "stage", None) or [])]
                   + list(stages))
     partitioning, image_reader, writer = build_stages(args, progress_dir=progress_dir)
-    reader = reader or image_reader
+    # Pixels and a model input only where a stage (or the writer, re-encoding) uses them.
+    reader = reader or image_reader.for_stages([*all_stages, writer])
     spell = _spelling(args)
     total_shards = sum(len(task.data) for task in partitioning.partitions())  # first: is an input inside the output?
     state = directory.inspect(args.output)

@@ -50,9 +50,10 @@ class OnnxModels:
                   os.getpid(), time.perf_counter() - started)
         return cls(sessions, tokenizer, device, manifest)
 
-    def embed_images(self, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-        """CLIP image embeddings (n x D, L2-normalised by the exported tower) of n preprocessed images."""
-        return self.sessions["image_encoder"].run_in_chunks(pixels, batch_size)
+    def embed_images(self, inputs: Sequence) -> np.ndarray:
+        """CLIP image embeddings (n x D, L2-normalised by the exported tower) of n images' model inputs
+        (host arrays or DeviceRows on the GPU; see OnnxModel.run_rows), in one call."""
+        return self.sessions["image_encoder"].run_rows(inputs)
 
     def head(self, role: str, embeddings: np.ndarray, batch_size: int) -> np.ndarray:
         """A head's scores (n) of n embeddings."""
@@ -69,11 +70,12 @@ class OnnxModels:
 
 
 class ModelLoading:
-    """A process's models, being loaded on a thread of their own (see the module), and the thread that
-    prepares images for them while they run."""
+    """A process's models, being loaded on a thread of their own (see the module), and the threads that
+    prepare images for them while they run, when the reader did not (Pillow releases the GIL: one
+    thread per core)."""
 
     def __init__(self, load: Callable[[], OnnxModels], name: str):
-        self.preprocessing = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-preprocess")
+        self.preprocessing = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix=f"{name}-preprocess")
         self._load, self._name = load, name
         self._lock = threading.Lock()
         self._loaded = self._start()

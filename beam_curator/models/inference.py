@@ -1,4 +1,4 @@
-"""Running the exported models: ONNX Runtime sessions, CLIP's preprocessing, caption tokens.
+"""Running the exported models: ONNX Runtime sessions fed through IO binding, caption tokens.
 
 Everything here runs on the worker, from a stage's setup() or process_batch(); nothing imports
 onnxruntime or tokenizers at module import, so building a pipeline loads no model and touches no GPU.
@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from math import ceil
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from beam_curator.formats.model_input import DeviceRow, clip_pixels
 
 __all__ = ["CaptionTokenizer", "OnnxModel", "clip_pixels", "l2_normalise"]
 
 _LOG = logging.getLogger(__name__)
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load the CUDA and cuDNN libraries that `pip install 'beam-curator[gpu]'` brings (the nvidia-*-cu12
+    wheels of onnxruntime-gpu's `cuda` and `cudnn` extras): ONNX Runtime's CUDA provider does not look in
+    site-packages by itself. Where they are not installed (a CUDA base image), the system's are used."""
+    if not hasattr(ort, "preload_dlls"):  # onnxruntime-gpu < 1.21
+        return
+    try:
+        ort.preload_dlls()
+    except Exception as error:  # then the provider finds the system's libraries, or falls back (warned below)
+        _LOG.debug("onnxruntime.preload_dlls: %s", error)
 
 
 class OnnxModel:
@@ -34,6 +45,7 @@ class OnnxModel:
         providers: list[Any] = ["CPUExecutionProvider"]
         if use_gpu:
             if "CUDAExecutionProvider" in ort.get_available_providers():
+                _preload_cuda_libraries(ort)
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
             else:
                 _LOG.warning("this worker has a GPU but its onnxruntime has no CUDA provider (install "
@@ -45,12 +57,54 @@ class OnnxModel:
         self.path = path
         self.provider = self.session.get_providers()[0]
         self.inputs = {arg.name: arg for arg in self.session.get_inputs()}
+        self.output_name = self.session.get_outputs()[0].name
         first = next(iter(self.inputs.values()))
         self.input_dtype = np.float16 if first.type == "tensor(float16)" else np.float32
+        self.device_id = device_id
+        self.on_gpu = self.provider == "CUDAExecutionProvider"
+        if len(providers) > 1 and not self.on_gpu:  # ONNX Runtime falls back to the CPU when CUDA fails to load
+            _LOG.warning("%s: the CUDA provider did not load (its CUDA or cuDNN libraries are missing or do not "
+                         "match: see docs/DEPLOYMENT.md, CUDA pairs); the model runs on the CPU", path)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The model's first output for one call, as float32."""
         return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32)
+
+    def run_rows(self, rows: Sequence[np.ndarray | DeviceRow]) -> np.ndarray:
+        """The model's first output (float32) for one call whose single input is `rows` (host arrays,
+        or DeviceRows in GPU memory), bound through ONNX Runtime's IO binding, on the CPU and on CUDA
+        alike: rows that follow each other in one GPU buffer are read in place, other GPU rows are
+        gathered on the device, host rows are stacked once."""
+        (name,) = self.inputs
+        binding = self.session.io_binding()
+        bound = self._bind(binding, name, rows)  # held until the run is over
+        binding.bind_output(self.output_name, "cpu")
+        self.session.run_with_iobinding(binding)
+        del bound
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+    def _bind(self, binding, name: str, rows: Sequence[np.ndarray | DeviceRow]):
+        dtype = np.dtype(self.input_dtype)
+        on_device = [row for row in rows if isinstance(row, DeviceRow)]
+        if self.on_gpu and on_device and len(on_device) == len(rows) \
+                and all(row.rows.dtype == dtype and row.rows.shape == on_device[0].rows.shape for row in on_device):
+            import onnxruntime as ort
+
+            first = on_device[0]
+            shape = [len(rows), *first.rows.shape]
+            step = first.rows.row_bytes
+            if all(row.pointer == first.pointer + index * step for index, row in enumerate(on_device)):
+                binding.bind_input(name, "cuda", first.rows.device_id, dtype, shape, first.pointer)  # in place
+                return on_device
+            gathered = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, "cuda", first.rows.device_id)
+            for index, row in enumerate(on_device):
+                row.copy_to(gathered.data_ptr() + index * step)
+            binding.bind_ortvalue_input(name, gathered)
+            return gathered
+        host = np.ascontiguousarray(np.stack([row.to_host() if isinstance(row, DeviceRow) else row for row in rows]),
+                                    dtype=dtype)
+        binding.bind_input(name, "cpu", 0, dtype, list(host.shape), host.ctypes.data)
+        return host
 
     def run_in_chunks(self, array: np.ndarray, batch_size: int) -> np.ndarray:
         """The model's output over `array` (its single input), at most batch_size rows per call."""
@@ -63,41 +117,6 @@ class OnnxModel:
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def clip_pixels(image: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
-    """CLIP's preprocessing of one HxWx3 uint8 RGB image -> 3xHxW float32, as Hugging Face's
-    CLIPImageProcessor does it with Pillow: shortest side to `shortest_edge` (the long side int()-ed),
-    resampled with Pillow (bicubic), centre crop (zero-padded if the image is smaller), times
-    rescale_factor, minus mean, over std."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 image, got {getattr(image, 'shape', type(image))}")
-    height, width = image.shape[:2]
-    size = int(preprocessing["shortest_edge"])
-    short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    new_width, new_height = (size, new_long) if width <= height else (new_long, size)
-    if (new_width, new_height) != (width, height):
-        resample = _RESAMPLE[preprocessing.get("resample", "bicubic")]
-        image = np.asarray(Image.fromarray(image).resize((new_width, new_height), resample=resample))
-    image = _centre_crop(image, int(preprocessing["crop_height"]), int(preprocessing["crop_width"]))
-    scaled = image.astype(np.float32) * np.float32(preprocessing.get("rescale_factor", 1 / 255))
-    mean = np.asarray(preprocessing["mean"], dtype=np.float32)
-    std = np.asarray(preprocessing["std"], dtype=np.float32)
-    return ((scaled - mean) / std).transpose(2, 0, 1)
-
-
-def _centre_crop(image: np.ndarray, crop_height: int, crop_width: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    top, left = (height - crop_height) // 2, (width - crop_width) // 2
-    if top >= 0 and left >= 0:
-        return image[top:top + crop_height, left:left + crop_width]
-    # Smaller than the crop: centred on a black canvas first, as transformers' center_crop pads.
-    canvas_height, canvas_width = max(crop_height, height), max(crop_width, width)
-    canvas = np.zeros((canvas_height, canvas_width, 3), dtype=image.dtype)
-    top_pad, left_pad = ceil((canvas_height - height) / 2), ceil((canvas_width - width) / 2)
-    canvas[top_pad:top_pad + height, left_pad:left_pad + width] = image
-    return _centre_crop(canvas, crop_height, crop_width)
 
 
 class CaptionTokenizer:

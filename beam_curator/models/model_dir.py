@@ -49,6 +49,7 @@ class ModelManifest:
     text: dict[str, Any]
     files: dict[str, dict[str, Any]]
     raw: bytes  # the manifest as stored: its digest names the local cache
+    dtype: str = "float32"  # of the CLIP towers' inputs and weights ("float16" with export-models --fp16)
 
     def require(self, role: str, *, wanted_by: str) -> None:
         """ValueError naming the export-models option that adds `role`, when the manifest lacks it."""
@@ -79,7 +80,8 @@ def read_manifest(model_dir: str) -> ModelManifest:
                 raise ValueError(f"bad entry for {role!r}: {entry!r}")
         return ModelManifest(model_dir=model_dir.rstrip("/"), embedding_dim=int(manifest["embedding_dim"]),
                              preprocessing=dict(manifest.get("preprocessing") or {}),
-                             text=dict(manifest.get("text") or {}), files=dict(files), raw=raw)
+                             text=dict(manifest.get("text") or {}), files=dict(files), raw=raw,
+                             dtype=str(manifest.get("dtype", "float32")))
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path} is not a manifest this version of beam-curator reads: {error}") from error
 

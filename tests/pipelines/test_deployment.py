@@ -30,9 +30,11 @@ def _arg(name):
 def test_dockerfile_versions_agree_with_setup_py():
     assert _arg("BEAM_VERSION") == _pin("apache-beam")
     assert _arg("DALI_VERSION") == _pin("nvidia-dali-cuda120")
+    # CUDA 12 on both sides of the pair, the CUDA libraries as wheels (docs/DEPLOYMENT.md, CUDA pairs)
+    assert '"onnxruntime-gpu[cuda,cudnn]>=1.22,<1.27"' in _read("setup.py")
     assert _arg("PYTHON_VERSION") == "3.11"
     dockerfile = _read("Dockerfile")
-    assert re.search(r"^FROM nvidia/cuda:12\.[0-9.]+-\S*runtime\S*$", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM nvidia/cuda:12\.[0-9.]+-base-\S+$", dockerfile, re.MULTILINE)  # CUDA 12, libraries from pip
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in dockerfile
     assert "apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in dockerfile
     assert 'pip install ".[gpu]"' in dockerfile  # onnxruntime-gpu for the model stages

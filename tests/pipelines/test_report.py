@@ -120,8 +120,9 @@ def test_the_report_opens_in_chromium_with_everything_in_it(full_run):
     assert {"width", "height", "aspect_ratio", "file_size", "aesthetic_score", "nsfw_score", "clip_score", "image_size_filter",
             "caption_filter"} <= plots
     sheets = {attrs["data-sheet"] for _, attrs, _ in parser.elements if "data-sheet" in attrs}
-    assert {"kept", "image_dedup_filter", "aesthetic_filter-near", "aesthetic_filter-far", "nsfw_filter-near",
-            "image_size_filter-near", "caption_filter"} <= sheets
+    assert {"kept", "image_dedup_filter", "aesthetic_filter-near", "nsfw_filter-near", "image_size_filter-near",
+            "caption_filter"} <= sheets
+    assert "aesthetic_filter-far" not in sheets  # every drop fits on the near sheet; none is shown twice
     images_in_sheet = {}
     current = None
     for tag, attrs, _ in parser.elements:
@@ -147,6 +148,21 @@ def test_report_command_rewrites_the_report_from_the_output_alone(full_run, caps
     assert cli.main(["report", full_run]) == 0
     assert os.path.exists(page) and "report" in capsys.readouterr().out
     assert cli.main(["report", os.path.join(full_run, "nowhere")]) == 2
+
+
+def test_a_stage_with_more_drops_than_a_sheet_gets_a_far_sheet_with_other_images(full_run):
+    assert cli.main(["report", full_run.out, "--sheet-size", "4"]) == 0
+    parser = _Attributes()
+    parser.feed(Path(os.path.join(full_run.out, "_report", "index.html")).read_text())
+    shown: dict[str, list[str]] = {}
+    current = None
+    for tag, attrs, _ in parser.elements:
+        if "data-sheet" in attrs:
+            current = attrs["data-sheet"]
+        elif tag == "img" and current:
+            shown.setdefault(current, []).append(attrs["src"])
+    near, far = shown["aesthetic_filter-near"], shown["aesthetic_filter-far"]
+    assert len(near) == len(far) == 4 and not set(near) & set(far)
 
 
 def test_the_report_reads_a_bounded_sample_of_tars(tmp_path, monkeypatch):

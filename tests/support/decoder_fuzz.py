@@ -288,9 +288,10 @@ def make_case(seed: int, index: int, bases: dict[str, list[bytes]]) -> tuple[str
 # Cases of the seed-0 campaign that crashed DALI 2.4 fed without the structural check (`--mode raw`,
 # 100-image batches, 4 threads): each killed the process in at least one run.
 SEED0_RAW_CRASHES = (2, 6, 38, 44, 70, 106, 112, 120, 142, 147, 201, 204, 210, 233, 259)
-# Cases of the seed-0 campaign that crashed DALI 2.4's GPU ('mixed') decoder behind the check as it
-# first was (NVIDIA H200): a frame size far beyond the scan data.
-SEED0_GPU_CRASHES = (52,)
+# Cases of the seed-0 campaign that crashed DALI 2.4's GPU ('mixed') decoder behind the check (NVIDIA
+# H200): 52, a frame size far beyond the scan data (the check as it first was); 411, an RGB TIFF that
+# lost its SamplesPerPixel tag (2026-12-04, behind the scan-length rule).
+SEED0_GPU_CRASHES = (52, 411)
 _EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "tiff": "tif", "bmp": "bmp"}
 
 
@@ -335,7 +336,7 @@ def _worker(args: argparse.Namespace) -> None:
                "_check_structure": args.mode.endswith("checked")}
     decoder = (IsolatedDecoder if args.mode.startswith("isolated") else DaliImageDecoder)(**options)
     goods = good_images(args.batch_size - 1)
-    reference = decoder.decode(goods)
+    reference = [getattr(result, "pixels", result) for result in decoder.decode(goods)]
     # The GPU's decoders differ in rounding from one batch layout to another (up to 4 levels were seen
     # on an H200): there a neighbour is wrong when it is far from its reference, not when it differs.
     exact = args.device == "cpu"
@@ -344,7 +345,7 @@ def _worker(args: argparse.Namespace) -> None:
         _, bad = make_case(args.seed, index, bases)
         where = index % args.batch_size
         batch = [*goods[:where], bad, *goods[where:]]
-        results = decoder.decode(batch)
+        results = [getattr(result, "pixels", result) for result in decoder.decode(batch)]
         others = results[:where] + results[where + 1 :]
         wrong = sum(not _same_image(got, want, exact) for got, want in zip(others, reference))
         result = results[where]

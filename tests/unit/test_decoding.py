@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from beam_curator.formats.decoding import DaliImageDecoder, ImageDecodeError, _jpeg_size, decode_with_pillow, probe_size
-from tests.support.helpers import encode, make_image
+from tests.support.helpers import encode, make_image, pixels_of
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def test_cpu_pipeline_decodes_many_formats_to_rgb(decoder):
         encode(pixels, "JPEG", quality=95),
         encode(pixels, "PNG"),
     ]
-    results = decoder.decode(images)
+    results = pixels_of(decoder.decode(images))
     assert decoder.device == "cpu" and len(results) == 6
     for result in results[:4] + results[5:]:
         np.testing.assert_array_equal(result, pixels)  # lossless formats decode exactly
@@ -32,7 +32,7 @@ def test_cpu_pipeline_decodes_many_formats_to_rgb(decoder):
 def test_grayscale_and_rgba_come_out_rgb(decoder):
     gray = encode(make_image(2)[..., 0], "PNG")
     rgba = encode(np.dstack([make_image(3), np.full((64, 96), 128, np.uint8)]), "PNG")
-    for result in decoder.decode([gray, rgba]):
+    for result in pixels_of(decoder.decode([gray, rgba])):
         assert result.shape == (64, 96, 3)
 
 
@@ -40,7 +40,7 @@ def test_bad_image_fails_alone_and_gif_falls_back_to_pillow(decoder):
     pixels = make_image(4, 32, 24)
     good = encode(pixels, "PNG")
     gif = encode(pixels, "GIF")
-    results = decoder.decode([good, b"not an image at all", b"", gif, good])
+    results = pixels_of(decoder.decode([good, b"not an image at all", b"", gif, good]))
     np.testing.assert_array_equal(results[0], pixels)
     assert isinstance(results[1], ImageDecodeError) and isinstance(results[2], ImageDecodeError)
     assert results[3].shape == (24, 32, 3)
@@ -50,7 +50,7 @@ def test_bad_image_fails_alone_and_gif_falls_back_to_pillow(decoder):
 def test_results_outlive_later_runs(decoder):
     import gc
 
-    first = decoder.decode([encode(make_image(5 + i), "PNG") for i in range(4)])
+    first = pixels_of(decoder.decode([encode(make_image(5 + i), "PNG") for i in range(4)]))
     expected = [make_image(5 + i) for i in range(4)]
     gc.collect()
     for round_index in range(6):  # DALI must not reuse the buffers the first results still view
@@ -64,7 +64,7 @@ def test_submitted_batches_decode_in_the_background_in_order(decoder):
     batches[2][1] = b"broken"  # a failing batch in the queue does not disturb the others
     futures = [decoder.submit(images) for images in batches]  # all queued before any result is taken
     for b, future in enumerate(futures):
-        results = future.result(timeout=60)
+        results = pixels_of(future.result(timeout=60))
         for i, result in enumerate(results):
             if (b, i) == (2, 1):
                 assert isinstance(result, ImageDecodeError)
@@ -80,7 +80,7 @@ def test_each_submitted_batch_counts_its_own_pillow_decodes(decoder):
     first, second = decoder.submit(plain), decoder.submit(with_gif)
     second.result(timeout=60)  # both done before the first is looked at
     assert (first.result().pillow, second.result().pillow) == (0, 1)
-    assert second.result()[0].shape == make_image(6).shape
+    assert second.result()[0].pixels.shape == make_image(6).shape
 
 
 def _jpegs():
@@ -133,6 +133,6 @@ def test_pillow_decoder_error_is_typed():
 def test_gpu_pipeline_decodes_on_the_device():
     decoder = DaliImageDecoder(batch_size=2, num_threads=2, use_gpu=True)
     pixels = make_image(7)
-    (result,) = decoder.decode([encode(pixels, "PNG")])
+    (result,) = pixels_of(decoder.decode([encode(pixels, "PNG")]))
     assert decoder.device == "mixed"
     np.testing.assert_array_equal(result, pixels)

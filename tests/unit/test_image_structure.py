@@ -9,7 +9,7 @@ import pytest
 from beam_curator.formats.decoding import DaliImageDecoder, ImageDecodeError
 from beam_curator.formats.image_structure import dali_problem, image_format
 from tests.support.decoder_fuzz import base_images
-from tests.support.helpers import encode, make_image
+from tests.support.helpers import encode, make_image, pixels_of
 
 PIXELS = make_image(3, 80, 60)
 JPEG = encode(PIXELS, quality=90)
@@ -94,8 +94,29 @@ def test_webp_tiff_bmp_headers():
 def test_decoder_sends_what_fails_the_check_to_pillow_alone():
     decoder = DaliImageDecoder(batch_size=8, num_threads=2, use_gpu=False)
     gif, broken = encode(PIXELS, "GIF"), b"\xff\xd8\xff\xe0" + bytes(5000)
-    results = decoder.decode([JPEG, broken, gif, JPEG])
+    results = pixels_of(decoder.decode([JPEG, broken, gif, JPEG]))
     assert results[0].shape == results[3].shape == (60, 80, 3)
     assert isinstance(results[1], ImageDecodeError) and "not given to DALI" in str(results[1])
     assert results[2].shape == (60, 80, 3)  # Pillow decodes the GIF
     np.testing.assert_array_equal(results[0], results[3])
+
+
+def test_the_tiff_that_crashed_the_gpu_decoder_is_kept_from_dali():
+    """Seed 0, case 411 of the crash-fuzz campaign: a flipped bit turned SamplesPerPixel (277) into an
+    unknown tag, leaving an RGB TIFF with 3 BitsPerSample values and 1 sample per pixel. DALI's CPU
+    decoder refuses it; the GPU decoder segfaulted on an H200 (docs/ROBUSTNESS.md)."""
+    from tests.support.decoder_fuzz import make_case
+
+    kind, data = make_case(0, 411, base_images())
+    assert kind == "tiff/header_bitflip"
+    assert "out of order" in dali_problem(data)
+    without_order_problem = bytearray(encode(PIXELS, "TIFF"))
+    # The same loss, the tags still in order: SamplesPerPixel is simply missing.
+    order = "<" if without_order_problem[:2] == b"II" else ">"
+    ifd = struct.unpack_from(order + "I", without_order_problem, 4)[0]
+    count = struct.unpack_from(order + "H", without_order_problem, ifd)[0]
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if struct.unpack_from(order + "H", without_order_problem, entry)[0] == 277:
+            struct.pack_into(order + "H", without_order_problem, entry, 276)  # still sorted, not 277
+    assert dali_problem(bytes(without_order_problem)) in ("TIFF BitsPerSample and SamplesPerPixel disagree",
+                                                          "RGB TIFF with fewer than 3 samples per pixel")

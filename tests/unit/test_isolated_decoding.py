@@ -11,14 +11,14 @@ import pytest
 
 from beam_curator.formats.decoding import DaliImageDecoder, ImageDecodeError
 from beam_curator.formats.isolated_decoding import IsolatedDecoder
-from tests.support.helpers import encode, make_image
+from tests.support.helpers import encode, make_image, pixels_of
 
 IMAGES = [encode(make_image(i, 64 + 8 * (i % 3), 48), quality=90) for i in range(12)]
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return DaliImageDecoder(batch_size=5, num_threads=2, use_gpu=False).decode(IMAGES)
+    return pixels_of(DaliImageDecoder(batch_size=5, num_threads=2, use_gpu=False).decode(IMAGES))
 
 
 @pytest.fixture
@@ -34,21 +34,21 @@ def _leftover_segments(pid):
 
 
 def test_decodes_exactly_as_in_process(decoder, reference):
-    results = decoder.decode([*IMAGES, b"\xff\xd8\xff\xe0 not really a jpeg", IMAGES[0]])
+    results = pixels_of(decoder.decode([*IMAGES, b"\xff\xd8\xff\xe0 not really a jpeg", IMAGES[0]]))
     assert len(results) == 14 and decoder.device == "cpu"
     for got, want in zip(results[:12], reference):
         np.testing.assert_array_equal(got, want)
         assert not got.flags.writeable
     assert isinstance(results[12], ImageDecodeError) and "not given to DALI" in str(results[12])
     np.testing.assert_array_equal(results[13], reference[0])
-    assert decoder.submit(IMAGES[:3]).result()[2].shape == reference[2].shape
+    assert decoder.submit(IMAGES[:3]).result()[2].pixels.shape == reference[2].shape
     assert decoder.take_pillow_count() == 0
     gif = decoder.decode([encode(make_image(40), "GIF"), IMAGES[1]])
-    assert gif[0].shape == (64, 96, 3) and decoder.take_pillow_count() == 1 and decoder.take_pillow_count() == 0
+    assert gif[0].pixels.shape == (64, 96, 3) and decoder.take_pillow_count() == 1 and decoder.take_pillow_count() == 0
 
 
 def test_shared_memory_is_reused_once_the_arrays_are_gone(decoder, reference):
-    kept = decoder.decode(IMAGES)  # held: its segment must not be reused while these arrays live
+    kept = pixels_of(decoder.decode(IMAGES))  # held: its segment must not be reused while these arrays live
     for _ in range(8):
         decoder.decode(IMAGES)
         gc.collect()
@@ -61,7 +61,7 @@ def test_shared_memory_is_reused_once_the_arrays_are_gone(decoder, reference):
 def test_a_crashed_decoding_process_fails_nothing_but_the_crash(decoder, reference):
     pid = decoder._child.pid
     os.kill(pid, signal.SIGSEGV)  # a native crash between two batches
-    results = decoder.decode(IMAGES)
+    results = pixels_of(decoder.decode(IMAGES))
     assert decoder.restarts == 1 and decoder._child.pid != pid
     for got, want in zip(results, reference):
         np.testing.assert_array_equal(got, want)  # the batch was decoded again, one image at a time
@@ -82,7 +82,7 @@ def test_the_image_the_process_dies_on_fails_alone(decoder, reference):
     decoder._decode_in_child = crash_on_the_fourth
     os.kill(decoder._child.pid, signal.SIGSEGV)
     time.sleep(0.2)
-    results = decoder.decode(IMAGES[:5])
+    results = pixels_of(decoder.decode(IMAGES[:5]))
     assert calls[:1] == [5] and decoder.restarts == 2
     assert isinstance(results[2], ImageDecodeError) and "SIGSEGV" in str(results[2])
     for index in (0, 1, 3, 4):

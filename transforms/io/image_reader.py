@@ -24,8 +24,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_curator import storage
 from beam_curator.errors import FailureThresholdExceeded
-from beam_curator.formats.decoding import DEFAULT_MAX_IMAGE_PIXELS, DaliImageDecoder, ImageDecodeError
+from beam_curator.formats.decoding import DEFAULT_MAX_IMAGE_PIXELS, DaliImageDecoder, DecodeOutputs, ImageDecodeError
 from beam_curator.formats.isolated_decoding import IsolatedDecoder
+from beam_curator.formats.model_input import ModelInput
 from beam_curator.formats.sample_rules import SampleRules, curated_rows, is_shard_damage, member_extension, with_row
 from beam_curator.formats.webdataset import DEFAULT_MAX_MEMBER_BYTES, SkippedMember, iter_samples, split_member_name
 from beam_curator.records import FailureRecord
@@ -162,17 +163,23 @@ class _ReadShardsFn(beam.DoFn):
             if by_pillow:
                 counter("images_decoded_by_pillow").inc(by_pillow)
                 batch.counts["images_decoded_by_pillow"] += by_pillow
+            to_host = getattr(results, "pixels_to_host", 0)
+            if to_host:
+                counter("pixels_to_host").inc(to_host)
+                batch.counts["pixels_to_host"] += to_host
             objects = []
-            for obj, pixels in zip(batch.objects, results):
-                if isinstance(pixels, ImageDecodeError):
+            for obj, decoded in zip(batch.objects, results):
+                if isinstance(decoded, ImageDecodeError):
                     source, _, member = obj.image_path.partition("#")
                     for output in self._fail(self._rules.record(source, member, obj.key, "sample", "ImageDecodeError",
-                                                                pixels), batch):
+                                                                decoded), batch):
                         yield beam.pvalue.TaggedOutput(output.tag, windowed(output.value))
                     continue
-                pixels.flags.writeable = False  # stages that change pixels build a new array
-                obj.image_data = obj.decoded_pixels = pixels
-                obj.height, obj.width = int(pixels.shape[0]), int(pixels.shape[1])
+                if decoded.pixels is not None:
+                    decoded.pixels.flags.writeable = False  # stages that change pixels build a new array
+                obj.image_data = obj.decoded_pixels = decoded.pixels
+                obj.model_input = decoded.model_input
+                obj.height, obj.width = decoded.height, decoded.width
                 objects.append(obj)
             counter("images_decoded").inc(len(objects))
             batch.counts["images_decoded"] += len(objects)
@@ -266,6 +273,7 @@ class _DecoderSpec:
     num_threads: int
     num_gpus_per_worker: float
     isolate: bool | None
+    outputs: DecodeOutputs
     holder: PerProcess
 
     def acquire(self):
@@ -273,10 +281,11 @@ class _DecoderSpec:
             gpu = use_gpu(self.num_gpus_per_worker)
             isolate = gpu if self.isolate is None else self.isolate
             decoder_class = IsolatedDecoder if isolate else DaliImageDecoder
-            return decoder_class(batch_size=self.batch_size, num_threads=self.num_threads, use_gpu=gpu)
+            return decoder_class(batch_size=self.batch_size, num_threads=self.num_threads, use_gpu=gpu,
+                                 outputs=self.outputs)
 
         return self.holder.acquire(build, tag=(self.batch_size, self.num_threads, self.num_gpus_per_worker > 0,
-                                               self.isolate))
+                                               self.isolate, self.outputs))
 
 
 class _ProgressFile:
@@ -382,8 +391,6 @@ class ImageReaderStage(ShardReader):
     the job above a fraction of failed samples.
     """
 
-    provides = ("image_data",)  # decoded pixels, for the stages that need them (CurationStage.needs)
-
     def __init__(
         self,
         dali_batch_size: int = 100,
@@ -396,6 +403,8 @@ class ImageReaderStage(ShardReader):
         max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
         progress_dir: str | None = None,
         isolate_decoder: bool | None = None,
+        pixels: bool = True,
+        model_input: ModelInput | None = None,
     ):
         super().__init__(name=name)
         if not isinstance(dali_batch_size, int) or isinstance(dali_batch_size, bool) or dali_batch_size < 1:
@@ -410,6 +419,11 @@ class ImageReaderStage(ShardReader):
                 raise ValueError(f"{option} must be a positive integer, got {value!r}")
         if isolate_decoder not in (None, True, False):
             raise ValueError(f"isolate_decoder must be None (on the GPU only), True or False, got {isolate_decoder!r}")
+        if not isinstance(pixels, bool):
+            raise ValueError(f"pixels must be True or False, got {pixels!r}")
+        if model_input is not None and not isinstance(model_input, ModelInput):
+            raise ValueError(f"model_input must be a ModelInput (ImageEmbeddingStage(...).model_input) or None, "
+                             f"got {model_input!r}")
         self.dali_batch_size = dali_batch_size
         self.verbose = verbose
         self.num_threads = num_threads
@@ -418,13 +432,31 @@ class ImageReaderStage(ShardReader):
         self.max_member_bytes = max_member_bytes
         self.progress_dir = progress_dir
         self.isolate_decoder = isolate_decoder
+        self.pixels = pixels
+        self.model_input = model_input
         self._decoders: PerProcess[DaliImageDecoder | IsolatedDecoder] = PerProcess("dali_pipelines_built")
+
+    @property
+    def provides(self) -> tuple[str, ...]:
+        """The ImageObject fields it sets for the stages after it (CurationStage.needs): the pixels, and
+        the model input (made here, or by the embedding stage from the pixels)."""
+        return ("image_data", "model_input") if self.pixels else ("model_input",) if self.model_input else ()
+
+    def for_stages(self, stages) -> ImageReaderStage:
+        """Decode for these stages (the ones after it, in order): pixels only if one of them needs
+        `image_data`, and the model input of the first that takes one (`model_input`, the embedding
+        stage). Returns the reader. A stage that does not say what it needs gets the pixels."""
+        stages = list(stages)
+        self.pixels = any("image_data" in getattr(stage, "needs", ("image_data",)) for stage in stages)
+        self.model_input = next((stage.model_input for stage in stages
+                                 if isinstance(getattr(stage, "model_input", None), ModelInput)), None)
+        return self
 
     def _fn(self) -> _ReadShardsFn:
         rules = SampleRules(stage=self.stage_name, max_image_pixels=self.max_image_pixels,
                             max_member_bytes=self.max_member_bytes)
         decoder = _DecoderSpec(self.dali_batch_size, self.num_threads, self.num_gpus_per_worker, self.isolate_decoder,
-                               self._decoders)
+                               DecodeOutputs(pixels=self.pixels, model_input=self.model_input), self._decoders)
         return _ReadShardsFn(stage_name=self.stage_name, batch_size=self.dali_batch_size, rules=rules,
                              verbose=self.verbose, progress_dir=self.progress_dir, decoder=decoder)
 
@@ -437,4 +469,7 @@ class ImageReaderStage(ShardReader):
             "max_image_pixels": self.max_image_pixels,
             "max_member_bytes": self.max_member_bytes,
             "isolate_decoder": {None: "on the GPU", True: "always", False: "never"}[self.isolate_decoder],
+            "pixels": self.pixels,
+            "model_input": "none" if self.model_input is None else
+            f"{self.model_input.crop_height}x{self.model_input.crop_width} {self.model_input.dtype}",
         }

@@ -501,6 +501,12 @@ class ImageWriterStage(beam.PTransform):
             filtered=outputs[FILTERED_TAG] if self._with_failures else None,
         )
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """("image_data",) when it encodes images from their pixels (force_reencode, output_format):
+        the reader's for_stages() then keeps them."""
+        return ("image_data",) if self.force_reencode or self.output_format else ()
+
     def display_data(self):
         return {
             "output_dir": self.output_dir,

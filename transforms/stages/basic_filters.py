@@ -30,6 +30,8 @@ class _RuleFilter(CurationStage):
     """Drops an image when reasons(image) gives (reason, measured value, limit); an image reasons
     raises on fails alone."""
 
+    needs = ()  # sizes and captions: no pixels
+
     def reasons(self, obj: ImageObject) -> tuple | None:
         raise NotImplementedError
 

@@ -50,6 +50,8 @@ class ImageDuplicatesRemovalStage(CurationStage):
     and the method. The list is loaded once per worker process, as sorted 64-bit digests
     (beam_curator.dedup.removal). check_input() tells, before a run, a list that matches nothing."""
 
+    needs = ()  # ids only
+
     def __init__(self, removal_parquets_dir: str, duplicate_id_field: str = "id", verbose: bool = False, *,
                  name: str = "image_dedup_filter"):
         super().__init__(name=name)

@@ -79,12 +79,14 @@ class CurationStage(beam.PTransform):
     on the worker.
 
     needs: the ImageObject fields it reads that something before it must set ("image_data": decoded
-    pixels, which ImageReaderStage provides; "embedding": ImageEmbeddingStage's); provides: the fields
-    it sets. record_thumbnails: each FilterRecord carries a small JPEG of the dropped image (~3 KB,
+    pixels, which ImageReaderStage provides; "model_input": a model's preprocessed input, the reader's
+    or made from the pixels; "embedding": ImageEmbeddingStage's). The default, ("image_data",), is the
+    safe guess for a stage that does not say; a stage that reads no pixels says needs = () and the
+    reader then copies none (on the GPU, none leave the device). provides: the fields it sets. record_thumbnails: each FilterRecord carries a small JPEG of the dropped image (~3 KB,
     for the run report); set it False on a stage to leave them out."""
 
     record_thumbnails = True
-    needs: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ("image_data",)
     provides: tuple[str, ...] = ()
 
     def __init__(self, *, name: str):
@@ -204,10 +206,12 @@ class _StageFn(beam.DoFn):
 
 class FilterImages(CurationStage):
     """Keep the images for which predicate(image) is true, as beam.Filter; drop the others with a
-    FilterRecord. An image on which the predicate raises fails alone (a FailureRecord)."""
+    FilterRecord. An image on which the predicate raises fails alone (a FailureRecord). needs: pass ()
+    when the predicate reads no pixels (the reader then hands none over)."""
 
-    def __init__(self, predicate: Callable[[ImageObject], bool], *, name: str):
+    def __init__(self, predicate: Callable[[ImageObject], bool], *, name: str, needs: tuple[str, ...] = ("image_data",)):
         super().__init__(name=name)
+        self.needs = tuple(needs)
         if not callable(predicate):
             raise ValueError(f"predicate must be a function of an ImageObject returning True to keep it, "
                              f"got {predicate!r}")
@@ -225,10 +229,13 @@ class FilterImages(CurationStage):
 class ScoreImages(CurationStage):
     """Store fn(image) (a float) on every image under the parquet column `column` (aesthetic_score and
     nsfw_score go to NeMo Curator's attributes of those names: ImageObject.with_score). An image on which
-    fn raises, or returns something that is not a number, fails alone."""
+    fn raises, or returns something that is not a number, fails alone. needs: pass () when fn reads no
+    pixels."""
 
-    def __init__(self, fn: Callable[[ImageObject], float], *, name: str, column: str):
+    def __init__(self, fn: Callable[[ImageObject], float], *, name: str, column: str,
+                 needs: tuple[str, ...] = ("image_data",)):
         super().__init__(name=name)
+        self.needs = tuple(needs)
         if not callable(fn):
             raise ValueError(f"fn must be a function of an ImageObject returning a float, got {fn!r}")
         self.fn = fn
@@ -245,7 +252,8 @@ class ScoreImages(CurationStage):
 
 # What to add before a stage that needs a field no stage before it sets.
 _PROVIDERS = {"embedding": "ImageEmbeddingStage(model_dir) (curate: --model-dir)",
-              "image_data": "a reader that decodes the images (ImageReaderStage, curate; not prune)"}
+              "image_data": "a reader that decodes the images (ImageReaderStage, curate; not prune)",
+              "model_input": "a reader that decodes the images (ImageReaderStage, curate; not prune)"}
 
 
 def check_needs(stages, provided: tuple[str, ...] = ("image_data",), *, carried: bool = False) -> None:
