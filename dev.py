@@ -9,6 +9,9 @@
     python3 dev.py bench   # set up, run the benchmark (benchmarks/run.py; extra arguments go to it)
     python3 dev.py fuzz-decoder  # set up, run a crash-fuzz campaign on the decoder (tests/support/decoder_fuzz.py)
     python3 dev.py gpu-check     # set up, run everything that needs an NVIDIA GPU (benchmarks/gpu_check.py)
+    python3 dev.py flink fetch   # build Beam's Flink and Spark job servers (Maven), install Flink 1.19.3 (pip)
+    python3 dev.py flink start [--taskmanagers N]  # a local Flink cluster in the background; prints Beam options
+    python3 dev.py flink stop|status   # (engines/cluster.py; everything lives in .cache/engines, Java 17 + Maven)
     python3 dev.py setup   # only create .venv and install the package with its test extras
 
 Everything is installed into .venv from setup.py; it is reinstalled when setup.py changes.
@@ -101,6 +104,20 @@ def fuzz_decoder(fuzz_args: list[str]) -> None:
     _run(PYTHON, "-m", "tests.support.decoder_fuzz", *fuzz_args)
 
 
+def flink(flink_args: list[str]) -> None:
+    """engines/cluster.py: fetch the engines, start/stop/status a standalone Flink cluster (.cache/engines)."""
+    if flink_args[:1] in (["fetch"], ["start"]):
+        setup()  # the job servers' SDK workers run .venv's python
+    from engines import cluster
+
+    try:
+        code = cluster.main(flink_args, cache_dir=os.path.join(ROOT, ".cache", "engines"), python=PYTHON)
+    except RuntimeError as error:
+        sys.exit(f"flink: {error}")
+    if code:
+        sys.exit(code)
+
+
 def main() -> None:
     command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "setup":
@@ -119,6 +136,8 @@ def main() -> None:
         bench(rest)
     elif command == "fuzz-decoder":
         fuzz_decoder(rest)
+    elif command == "flink":
+        flink(rest)
     elif command == "gpu-check":
         setup()
         _run(PYTHON, os.path.join("benchmarks", "gpu_check.py"), *rest)

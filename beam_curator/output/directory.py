@@ -14,7 +14,10 @@ A run into DIR is one of three modes:
 
 check() answers before a job is built, on the launcher, from one listing; prepare() does the
 removing, and runs as the writer's first step (in the job, so that building a pipeline never
-deletes anything and a hand-built pipeline gets the same behaviour).
+deletes anything and a hand-built pipeline gets the same behaviour). It leaves a marker in the job's
+own temporary directory: a runner that re-runs the whole job after a failure (Flink restarts a batch
+job from the start when a TaskManager dies) finds it, and keeps what the job's first attempt committed
+(committing a partition again is harmless, beam_curator.output.commit).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = ["MODES", "OutputExistsError", "OutputState", "check", "inspect", "pre
 _LOG = logging.getLogger(__name__)
 MODES = ("new", "overwrite", "resume")
 _OUTPUT_KINDS = ("shard", "manifest", "record", "stats", "success")
+PREPARED_MARKER = "_prepared"  # in the job's temporary directory: prepare() ran for this job
 
 
 class OutputExistsError(FileExistsError):
@@ -104,9 +108,22 @@ def prepare(path: str, mode: str, *, own_temp_dir: str | None = None) -> list[st
     again (another run may have written meanwhile). Never touches own_temp_dir (the running job's) nor
     the temporary directories of other jobs, which may be running (beam_curator.output.leftovers)."""
     state = inspect(path)
-    check(state, mode)
-    if mode == "new":
+    marker = storage.join(own_temp_dir, PREPARED_MARKER) if own_temp_dir else None
+    if marker and marker in state.sizes:
+        _LOG.info("%s: prepared by an earlier attempt of this job; what it committed stays", path)
         return []
+    check(state, mode)
+    doomed = [] if mode == "new" else _doomed(state, mode, own_temp_dir)
+    if doomed:
+        _LOG.info("%s: removing %d file(s) an earlier run left in %s", mode, len(doomed), path)
+        storage.delete_tree(doomed)
+    if marker:
+        storage.write_atomically(marker, b"")
+    return doomed
+
+
+def _doomed(state: OutputState, mode: str, own_temp_dir: str | None) -> list[str]:
+    """What prepare() removes for an "overwrite" or a "resume" run."""
     if mode == "overwrite":
         doomed = state.of_kind(*_OUTPUT_KINDS, "report") + [
             p for p in state.of_kind("temporary") if not state.relative(p).startswith(layout.TEMP_DIR_PREFIX)]
@@ -117,9 +134,6 @@ def prepare(path: str, mode: str, *, own_temp_dir: str | None = None) -> list[st
         doomed += state.of_kind("stats", "success")
     if own_temp_dir:
         doomed = [p for p in doomed if not p.startswith(own_temp_dir.rstrip("/") + "/")]
-    if doomed:
-        _LOG.info("%s: removing %d file(s) an earlier run left in %s", mode, len(doomed), path)
-        storage.delete_tree(doomed)
     return doomed
 
 

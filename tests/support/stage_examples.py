@@ -73,3 +73,16 @@ class LoseOne(CurationStage):
 
 def lose_one():
     return LoseOne(name="lose_one")
+
+
+def _slowly(image) -> bool:
+    import os
+    import time
+
+    # Seconds per image from the environment (0: none), so that a test can kill an engine's worker
+    # mid-run while its reference run, with the same stage and so the same output, goes at full speed.
+    time.sleep(float(os.environ.get("BEAM_CURATOR_TEST_SLOW_SECONDS", "0")))
+    return True
+
+
+slow = FilterImages(_slowly, name="slow", needs=())

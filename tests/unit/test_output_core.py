@@ -84,7 +84,27 @@ def test_overwrite_removes_what_a_run_wrote_and_nothing_else(tmp_path):
     removed = directory.prepare(out, "overwrite", own_temp_dir=f"{out}/.beam_curator-temp-mine")
     assert sorted(os.path.relpath(path, out) for path in removed) == sorted(run)
     assert sorted(digests(out)) == sorted(["notes.txt", ".beam_curator-temp-live/_owner.json",
-                                           ".beam_curator-temp-mine/a.tar"])
+                                           ".beam_curator-temp-mine/a.tar", ".beam_curator-temp-mine/_prepared"])
+
+
+@pytest.mark.parametrize("mode", ["new", "overwrite"])
+def test_a_job_run_again_from_the_start_keeps_what_its_first_attempt_committed(tmp_path, mode):
+    # Flink restarts a batch job from its first step when a TaskManager dies: the output then holds
+    # partitions this very job committed, which are neither refused ("new") nor removed ("overwrite").
+    out = str(tmp_path / "out")
+    mine, other = f"{out}/.beam_curator-temp-mine", f"{out}/.beam_curator-temp-other"
+    _touch(f"{out}/images-0123456789abcdef-000000.tar")  # an earlier run's
+    if mode == "new":
+        os.remove(f"{out}/images-0123456789abcdef-000000.tar")
+    directory.prepare(out, mode, own_temp_dir=mine)
+    committed = ["images-0123456789abcdef-000001.tar", "_partitions/0123456789abcdef.json"]
+    for name in committed:
+        _touch(f"{out}/{name}")
+    assert directory.prepare(out, mode, own_temp_dir=mine) == []  # the second attempt
+    assert set(committed) <= set(digests(out))
+    if mode == "new":  # another job into the same output is still refused
+        with pytest.raises(directory.OutputExistsError):
+            directory.prepare(out, mode, own_temp_dir=other)
 
 
 # --- packing, commit, manifest -------------------------------------------------------------------------
