@@ -198,7 +198,7 @@ class FlinkCluster:
 
     def __init__(self, root_dir: str, flink_home: str, *, taskmanagers: int = 2, slots: int = 2,
                  rest_port: int = 0, rpc_port: int = 0, parallelism: int = 2,
-                 taskmanager_memory: str = "2048m", network_memory: str = "320m",
+                 taskmanager_memory: str = "4096m", network_memory: str = "320m", task_off_heap_memory: str = "768m",
                  jobmanager_memory: str = "1024m", restart_attempts: int = 10, restart_delay_s: int = 5,
                  heartbeat_interval_ms: int = 2000, heartbeat_timeout_ms: int = 10000,
                  startup_timeout_s: float = 120.0) -> None:
@@ -211,6 +211,7 @@ class FlinkCluster:
         self.parallelism = parallelism
         self.taskmanager_memory = taskmanager_memory
         self.network_memory = network_memory
+        self.task_off_heap_memory = task_off_heap_memory
         self.jobmanager_memory = jobmanager_memory
         self.restart_attempts = restart_attempts
         self.restart_delay_s = restart_delay_s
@@ -474,6 +475,13 @@ class FlinkCluster:
             # the restart with "Insufficient number of network buffers".
             "taskmanager.memory.network.min": self.network_memory,
             "taskmanager.memory.network.max": self.network_memory,
+            # Beam's data plane to the SDK workers (gRPC, netty) takes direct memory per element in flight: a
+            # batch of 100 photos is ~30 MB, and the default (0) failed 2,000 photos with "OutOfMemoryError:
+            # Direct buffer memory".
+            "taskmanager.memory.task.off-heap.size": self.task_off_heap_memory,
+            # The heap holds what a GroupByKey gathers per key (the keyed writer: a partition's encoded
+            # images); Beam's batch translation needs little managed memory (default 40% of Flink's).
+            "taskmanager.memory.managed.fraction": 0.1,
             "cluster.evenly-spread-out-slots": True,
             "parallelism.default": self.parallelism,
             "rest.address": "localhost",

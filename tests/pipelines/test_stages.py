@@ -12,6 +12,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_curator import storage
 from beam_curator.jobs.curate import curate
@@ -90,6 +91,10 @@ def test_auto_mode_sees_what_breaks_fusion():
     on_gpu = batches | "Gpu" >> beam.Map(lambda b: b).with_resource_hints(accelerator="type:nvidia-tesla-t4;count:1")
     assert "resource hints" in fusion_break(on_gpu)
     assert "do not come from ImageReaderStage" in fusion_break(pipeline | beam.Create([ImageBatch("t", "d")]))
+    for runner in ("FlinkRunner", "SparkRunner"):  # their job graphs run reader and writer as separate tasks
+        on_engine = beam.Pipeline(options=PipelineOptions([f"--runner={runner}"]))
+        read = on_engine | FilePartitioningStage(directory, file_extensions=[".py"]) | ImageReaderStage()
+        assert f"the {runner} runs the reader and the writer as separate tasks" in fusion_break(read)
 
 
 def test_keyed_mode_writes_what_fused_mode_writes(tmp_path, make_dataset):

@@ -317,6 +317,16 @@ def _hints(applied) -> dict:
     return hints
 
 
+# Runners whose job graph puts the writer (a step with a side input) in another task than the reader,
+# seen on Flink 1.19 (the plan's MapPartition [2]{FilePartitioning, ImageReader} -> [5]{ImageWriter, ...})
+# and assumed of Spark, which uses the same job-server translation.
+_SEPARATING_RUNNERS = ("FlinkRunner", "SparkRunner")
+
+
+def _runner_name(pipeline) -> str:
+    return type(getattr(pipeline, "runner", None)).__name__
+
+
 def fusion_break(batches) -> str | None:
     """Why a writer of `batches` cannot run fused with the reader that made them (a shuffle or other
     resource hints on the way, or no reader at all), or None when it can. A reader is a ParDo whose DoFn
@@ -325,6 +335,10 @@ def fusion_break(batches) -> str | None:
     from apache_beam.pvalue import PCollection
 
     batches = getattr(batches, "batches", batches)  # a reader's ReadResult: its batches
+    runner = _runner_name(batches.pipeline)
+    if runner in _SEPARATING_RUNNERS:
+        return (f"the {runner} runs the reader and the writer as separate tasks (its job server does not fuse a "
+                "step with a side input into its input's stage), so nothing keeps a partition's batches together")
     reader_hints, hints_on_path = None, []
     stack, seen = [batches], set()
     while stack:

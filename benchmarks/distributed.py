@@ -1,6 +1,6 @@
 """`beam-curator curate` pass-through on the engines beside the local runner, on the same data:
 
-    .venv/bin/python benchmarks/engines.py [--shards 8] [--rounds 2]
+    .venv/bin/python benchmarks/distributed.py [--shards 8] [--rounds 2]
 
 (FnApiRunner, one process), Flink's embedded mini-cluster (parallelism 2), a standalone Flink cluster
 of a JobManager and two TaskManagers (parallelism 2, PROCESS workers) and Spark local[2], interleaved,
@@ -25,8 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+sys.path[:0] = [ROOT, HERE]  # engines/ (the repository's), run.py
 
 from run import make_dataset  # noqa: E402
 
