@@ -1,12 +1,17 @@
 """`beam-curator curate` pass-through on the engines beside the local runner, on the same data:
 
     .venv/bin/python benchmarks/distributed.py [--shards 8] [--rounds 2]
+    .venv/bin/python benchmarks/distributed.py --semantic 100000   # semantic dedup instead, with memory
 
 (FnApiRunner, one process), Flink's embedded mini-cluster (parallelism 2), a standalone Flink cluster
 of a JobManager and two TaskManagers (parallelism 2, PROCESS workers) and Spark local[2], interleaved,
 over the benchmark's photos (benchmarks/data/{shards}x250). Reports each run's job clock (from
 `_stats.json`: the pipeline's run, not the job server's start-up) and the whole command's wall time,
-medians over the rounds, and writes benchmarks/results/<date>-engines.json. Needs `python3 dev.py flink
+medians over the rounds, and writes benchmarks/results/<date>-engines.json. With --semantic N: `dedup
+--method semantic` of N synthetic 512-d embeddings (benchmarks/dedup.py's, 1% planted copies) on the
+FnApiRunner and on the standalone cluster, each run's wall time and the peak RSS of every process it
+involves (sampled from /proc every 0.2 s: the command, the job server, the JobManager, the TaskManagers,
+the SDK workers), to benchmarks/results/<date>-engines-semantic-N.json. Needs `python3 dev.py flink
 fetch` (Java 17 and Maven).
 """
 
@@ -21,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,11 +55,98 @@ def _curate(source: str, out: str, options: list[str], env: dict[str, str]) -> t
     return wall, stats["seconds"], stats["images_written"]
 
 
+class PeakRss:
+    """Peak RSS (MB) of every process whose environment holds KEY=VALUE, sampled on a thread."""
+
+    def __init__(self, key: str, value: str):
+        self.needle = f"{key}={value}".encode()
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/environ", "rb") as handle:
+                        if self.needle not in handle.read().split(b"\0"):
+                            continue
+                    with open(f"/proc/{pid}/status") as handle:
+                        rss = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:")) / 1024
+                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                        words = handle.read().split(b"\0")
+                except (OSError, StopIteration):
+                    continue
+                name = _role(words) + f" ({pid})"
+                self.peaks[name] = max(self.peaks.get(name, 0.0), rss)
+
+
+def _role(words: list[bytes]) -> str:
+    line = b" ".join(words).decode(errors="replace")
+    for needle, role in (("TaskManagerRunner", "TaskManager"), ("StandaloneSessionClusterEntrypoint", "JobManager"),
+                         ("job-server", "job server"), ("sdk_worker_main", "SDK worker"), ("boot.py", "SDK worker"),
+                         ("beam_curator", "beam-curator command")):
+        if needle in line:
+            return role
+    return line[:60]
+
+
+def semantic(n: int, sample_size: int = 50000) -> None:
+    from dedup import synthetic
+
+    source = synthetic(os.path.join(HERE, "data"), "embedding", n)
+    artifacts = cluster.fetch(os.path.join(ROOT, ".cache", "engines"))
+    scratch = tempfile.mkdtemp(prefix="beam_curator-engines-bench-")
+    options = ["--method", "semantic", "--n-clusters", str(max(1, n // 1000)), "--sample-size", str(sample_size)]
+    results = {}
+    with cluster.FlinkCluster(os.path.join(scratch, "cluster"), artifacts.flink_home, taskmanagers=2) as flink:
+        contenders = {
+            "FnApiRunner, one process": (["--runner=FnApiRunner"], {cluster.MARKER: "fnapi"}),
+            "Flink standalone, 2 TaskManagers, parallelism 2": (
+                flink.beam_options(artifacts.flink_job_server_jar, sys.executable), flink.env),
+        }
+        for name, (runner, env) in contenders.items():
+            out = os.path.join(scratch, "removal")
+            shutil.rmtree(out, ignore_errors=True)
+            (key, value), = ((k, v) for k, v in env.items() if k == cluster.MARKER)
+            with PeakRss(key, value) as peaks:
+                started = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "beam_curator", "dedup", source, "--output", out,
+                                       *options, *runner], cwd=ROOT, capture_output=True, text=True,
+                                      env={**os.environ, **env})
+                wall = time.perf_counter() - started
+            if done.returncode:
+                raise SystemExit(f"dedup failed ({name}):\n{done.stderr[-3000:]}")
+            with open(os.path.join(out, "_dedup.json")) as handle:
+                removed = json.load(handle)["removed"]
+            results[name] = {"wall_s": wall, "removed": removed, "peak_rss_mb": peaks.peaks}
+            largest = max(peaks.peaks.items(), key=lambda item: item[1])
+            print(f"{name}: {wall:.1f} s, removed {removed}; largest process {largest[0]} {largest[1]:.0f} MB; "
+                  f"all: {', '.join(f'{k} {v:.0f}' for k, v in sorted(peaks.peaks.items()))}", flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    path = os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-engines-semantic-{n}.json")
+    with open(path, "w") as handle:
+        json.dump({"n": n, "options": options, "cpus": os.cpu_count(), "runners": results}, handle, indent=1)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--semantic", type=int, default=0, help="semantic dedup of this many embeddings instead")
+    parser.add_argument("--sample-size", type=int, default=50000, help="semantic dedup: the k-means sample")
     args = parser.parse_args()
+    if args.semantic:
+        return semantic(args.semantic, args.sample_size)
     source = make_dataset(args.shards, 250)
     artifacts = cluster.fetch(os.path.join(ROOT, ".cache", "engines"))
     scratch = tempfile.mkdtemp(prefix="beam_curator-engines-bench-")

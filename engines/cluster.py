@@ -198,7 +198,7 @@ class FlinkCluster:
 
     def __init__(self, root_dir: str, flink_home: str, *, taskmanagers: int = 2, slots: int = 2,
                  rest_port: int = 0, rpc_port: int = 0, parallelism: int = 2,
-                 taskmanager_memory: str = "4096m", network_memory: str = "320m", task_off_heap_memory: str = "768m",
+                 taskmanager_memory: str = "6144m", network_memory: str = "320m", task_off_heap_memory: str = "768m",
                  jobmanager_memory: str = "1024m", restart_attempts: int = 10, restart_delay_s: int = 5,
                  heartbeat_interval_ms: int = 2000, heartbeat_timeout_ms: int = 10000,
                  startup_timeout_s: float = 120.0) -> None:
@@ -480,8 +480,9 @@ class FlinkCluster:
             # Direct buffer memory".
             "taskmanager.memory.task.off-heap.size": self.task_off_heap_memory,
             # The heap holds what a GroupByKey gathers per key (the keyed writer: a partition's encoded
-            # images); Beam's batch translation needs little managed memory (default 40% of Flink's).
-            "taskmanager.memory.managed.fraction": 0.1,
+            # images); managed memory holds Flink's sort buffers, which must fit the largest record (semantic
+            # dedup's k-means sample, 50,000 x 512 floats = 100 MB, failed "Record too large" with 10% of 4 GB).
+            "taskmanager.memory.managed.fraction": 0.3,
             "cluster.evenly-spread-out-slots": True,
             "parallelism.default": self.parallelism,
             "rest.address": "localhost",

@@ -117,8 +117,8 @@ def prepare(path: str, mode: str, *, own_temp_dir: str | None = None) -> list[st
     if doomed:
         _LOG.info("%s: removing %d file(s) an earlier run left in %s", mode, len(doomed), path)
         storage.delete_tree(doomed)
-    if marker:
-        storage.write_atomically(marker, b"")
+    if marker:  # not empty: an object store refuses an upload of no bytes
+        storage.write_atomically(marker, f'{{"mode": "{mode}"}}\n'.encode())
     return doomed
 
 
