@@ -56,10 +56,10 @@ def _curate(source: str, out: str, options: list[str], env: dict[str, str]) -> t
 
 
 class PeakRss:
-    """Peak RSS (MB) of every process whose environment holds KEY=VALUE, sampled on a thread."""
+    """Peak RSS (MB) of every process carrying cluster.marker_env(tag), sampled on a thread."""
 
-    def __init__(self, key: str, value: str):
-        self.needle = f"{key}={value}".encode()
+    def __init__(self, tag: str):
+        self.tag = tag
         self.peaks: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -74,11 +74,8 @@ class PeakRss:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
-            for pid in filter(str.isdigit, os.listdir("/proc")):
+            for pid in cluster.marked_processes(self.tag):
                 try:
-                    with open(f"/proc/{pid}/environ", "rb") as handle:
-                        if self.needle not in handle.read().split(b"\0"):
-                            continue
                     with open(f"/proc/{pid}/status") as handle:
                         rss = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:")) / 1024
                     with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -109,15 +106,14 @@ def semantic(n: int, sample_size: int = 50000) -> None:
     results = {}
     with cluster.FlinkCluster(os.path.join(scratch, "cluster"), artifacts.flink_home, taskmanagers=2) as flink:
         contenders = {
-            "FnApiRunner, one process": (["--runner=FnApiRunner"], {cluster.MARKER: "fnapi"}),
+            "FnApiRunner, one process": (["--runner=FnApiRunner"], cluster.marker_env("fnapi")),
             "Flink standalone, 2 TaskManagers, parallelism 2": (
                 flink.beam_options(artifacts.flink_job_server_jar, sys.executable), flink.env),
         }
         for name, (runner, env) in contenders.items():
             out = os.path.join(scratch, "removal")
             shutil.rmtree(out, ignore_errors=True)
-            (key, value), = ((k, v) for k, v in env.items() if k == cluster.MARKER)
-            with PeakRss(key, value) as peaks:
+            with PeakRss(env[cluster.MARKER]) as peaks:
                 started = time.perf_counter()
                 done = subprocess.run([sys.executable, "-m", "beam_curator", "dedup", source, "--output", out,
                                        *options, *runner], cwd=ROOT, capture_output=True, text=True,

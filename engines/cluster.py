@@ -315,7 +315,7 @@ class FlinkCluster:
         pids = [pid for pid in recorded if self._alive(pid) and _is_marked(pid, self.root_dir)]
         for pid in pids:
             _signal_group(pid, signal.SIGKILL)
-        for pid in _marked_processes(self.root_dir):  # e.g. the orphaned workers of a TaskManager killed before
+        for pid in marked_processes(self.root_dir):  # e.g. the orphaned workers of a TaskManager killed before
             with contextlib.suppress(OSError):
                 if os.getpgid(pid) in recorded:
                     os.kill(pid, signal.SIGKILL)
@@ -544,7 +544,7 @@ def kill_marked(tag: str, timeout_s: float = 5.0) -> list[int]:
     killed: list[int] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        leftovers = _marked_processes(tag)
+        leftovers = marked_processes(tag)
         if not leftovers:
             break
         for pid in leftovers:
@@ -563,20 +563,10 @@ def _is_marked(pid: int, tag: str) -> bool:
         return False
 
 
-def _marked_processes(tag: str) -> list[int]:
-    """Live processes whose environment has BEAM_CURATOR_ENGINES_TAG=tag (Linux /proc)."""
-    wanted = f"{MARKER}={tag}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if wanted in handle.read().split(b"\0") and _pid_alive(int(entry)):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
+def marked_processes(tag: str) -> list[int]:
+    """Live processes (not this one) whose environment has BEAM_CURATOR_ENGINES_TAG=tag (Linux /proc)."""
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and int(entry) != os.getpid() and _is_marked(int(entry), tag) and _pid_alive(int(entry))]
 
 
 # ----------------------------------------------------------------------------------- command line

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from beam_curator.formats.model_input import DeviceRow, clip_pixels
+from beam_curator.formats.model_input import DeviceRow
 
-__all__ = ["CaptionTokenizer", "OnnxModel", "clip_pixels", "l2_normalise"]
+__all__ = ["CaptionTokenizer", "OnnxModel", "l2_normalise"]
 
 _LOG = logging.getLogger(__name__)
 

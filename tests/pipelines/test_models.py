@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_curator import cli
-from beam_curator.models.inference import CaptionTokenizer, OnnxModel, clip_pixels
+from beam_curator.formats.model_input import clip_pixels
+from beam_curator.models.inference import CaptionTokenizer, OnnxModel
 from beam_curator.models.model_dir import MANIFEST_FILE, read_manifest
 from beam_curator.tasks import BatchOrigin, ImageBatch, ImageObject
 from tests.support.helpers import build_dataset, make_samples, write_tar
