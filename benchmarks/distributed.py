@@ -128,7 +128,7 @@ def semantic(n: int, sample_size: int = 50000) -> None:
             print(f"{name}: {wall:.1f} s, removed {removed}; largest process {largest[0]} {largest[1]:.0f} MB; "
                   f"all: {', '.join(f'{k} {v:.0f}' for k, v in sorted(peaks.peaks.items()))}", flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
-    path = os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-engines-semantic-{n}.json")
+    path = os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-engines-semantic-{n}-sample-{sample_size}.json")
     with open(path, "w") as handle:
         json.dump({"n": n, "options": options, "cpus": os.cpu_count(), "runners": results}, handle, indent=1)
     print(f"wrote {path}")

@@ -480,8 +480,9 @@ class FlinkCluster:
             # Direct buffer memory".
             "taskmanager.memory.task.off-heap.size": self.task_off_heap_memory,
             # The heap holds what a GroupByKey gathers per key (the keyed writer: a partition's encoded
-            # images); managed memory holds Flink's sort buffers, which must fit the largest record (semantic
-            # dedup's k-means sample, 50,000 x 512 floats = 100 MB, failed "Record too large" with 10% of 4 GB).
+            # images); managed memory holds Flink's sort buffers, which must fit the largest record (a
+            # bundle's encoded images; semantic dedup's sample travels row by row since it failed "Record
+            # too large" as one 100 MB record).
             "taskmanager.memory.managed.fraction": 0.3,
             "cluster.evenly-spread-out-slots": True,
             "parallelism.default": self.parallelism,

@@ -216,6 +216,11 @@ def _sample_rows(chunk: _Chunk, cutoff: int):
             yield digest, vector
 
 
+def _fit_group(group, n_clusters: int, seed: int):
+    """The k-means of a (key, rows) group of the sample, its marker (None) left out."""
+    return _fit([row for row in group[1] if row is not None], n_clusters, seed)
+
+
 def _fit(sample, n_clusters: int, seed: int):
     from beam_curator.dedup.algorithms import kmeans_cosine
 
@@ -329,9 +334,15 @@ class FindDuplicates(beam.PTransform):
             chunks | "Digests" >> beam.FlatMap(lambda chunk: map(id_digest, chunk.ids))
             | "SmallestDigests" >> beam.combiners.Top.Smallest(self.sample_size)
             | "Cutoff" >> beam.Map(lambda smallest: smallest[-1] if smallest else -1))
-        sample = (files | "ReadSample" >> beam.FlatMap(_read_chunks, column)
-                  | "SampleRows" >> beam.FlatMap(_sample_rows, cutoff) | "Sample" >> beam.combiners.ToList())
-        fitted = sample | "KMeans" >> beam.Map(_fit, self.n_clusters, self.seed)
+        # The sample is gathered by a GroupByKey, row by row: a ToList combine would shuffle each
+        # bundle's rows as one accumulator, and Flink's sorter refuses a record of 100 MB (50,000 rows).
+        # An empty marker makes the group exist when no row has an embedding.
+        rows = (files | "ReadSample" >> beam.FlatMap(_read_chunks, column)
+                | "SampleRows" >> beam.FlatMap(_sample_rows, cutoff))
+        marker = files.pipeline | "NoRows" >> beam.Create([None])
+        fitted = ((rows, marker) | "Flatten" >> beam.Flatten() | "OneKey" >> beam.Map(lambda row: (0, row))
+                  | "Sample" >> beam.GroupByKey()
+                  | "KMeans" >> beam.Map(_fit_group, self.n_clusters, self.seed))
         centroids = beam.pvalue.AsSingleton(fitted)
         clusters = fitted | "Clusters" >> beam.Map(lambda fit: 0 if fit is None else len(fit))
         again = files | "ReadAgain" >> beam.FlatMap(_read_chunks, column)
