@@ -196,14 +196,20 @@ def test_a_killed_taskmanager_is_recovered_exactly_once(world, artifacts, flink_
     assert stats["reconciles"] and stats["images_failed"] == 1
 
 
-def test_resume_after_the_whole_cluster_died(world, artifacts, tmp_path):
+def test_resume_after_the_whole_cluster_died(world, artifacts, flink_cluster, tmp_path):
     from engines import cluster
 
     root, reference = world
     out = root / "cluster-killed"
+    # Flink's client (in the job server) retries a refused REST call 20 times, 3 s apart (rest.retry.*): a minute
+    # before the launcher learns that the cluster is gone. Its configuration comes from FLINK_CONF_DIR.
+    client_conf = tmp_path / "client-conf"
+    client_conf.mkdir()
+    (client_conf / "config.yaml").write_text('{"rest.retry.max-attempts": 2, "rest.retry.delay": 500}\n')
     with cluster.FlinkCluster(str(tmp_path / "first"), artifacts.flink_home, taskmanagers=2, slots=1) as first:
         options, env = _on(first, artifacts, **SLOW)
-        process = _start_and_wait_for_a_commit(_curate(root, out, options), env, out)
+        process = _start_and_wait_for_a_commit(_curate(root, out, options), {**env, "FLINK_CONF_DIR": str(client_conf)},
+                                               out)
         first.kill_all()
         try:
             output = process.communicate(timeout=300)[0]
@@ -214,9 +220,8 @@ def test_resume_after_the_whole_cluster_died(world, artifacts, tmp_path):
     committed = _committed(out)
     assert 0 < committed <= SHARDS and not os.path.exists(out / "_SUCCESS")
     (killed_job_folder,) = glob.glob(str(out / ".beam_curator-temp-*"))
-    with cluster.FlinkCluster(str(tmp_path / "second"), artifacts.flink_home, taskmanagers=2, slots=1) as second:
-        options, env = _on(second, artifacts)
-        done = _beam_curator(*_curate(root, out, options, "--resume"), env=env)
+    options, env = _on(flink_cluster, artifacts)  # another cluster: the module's
+    done = _beam_curator(*_curate(root, out, options, "--resume"), env=env)
     # A remote runner's job may outlive its command, so its folder is named, not removed (docs/OUTPUT.md).
     assert f"{killed_job_folder} was left by another run and is kept" in done.stderr
     shutil.rmtree(killed_job_folder)
