@@ -11,8 +11,9 @@ medians over the rounds, and writes benchmarks/results/<date>-engines.json. With
 --method semantic` of N synthetic 512-d embeddings (benchmarks/dedup.py's, 1% planted copies) on the
 FnApiRunner and on the standalone cluster, each run's wall time and the peak RSS of every process it
 involves (sampled from /proc every 0.2 s: the command, the job server, the JobManager, the TaskManagers,
-the SDK workers), to benchmarks/results/<date>-engines-semantic-N.json. Needs `python3 dev.py flink
-fetch` (Java 17 and Maven).
+the SDK workers), to benchmarks/results/<date>-engines-semantic-N-sample-S.json (`--sample-size S`,
+the k-means sample; `--runners flink` skips the FnApiRunner). Needs `python3 dev.py flink fetch`
+(Java 17 and Maven).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _role(words: list[bytes]) -> str:
     return line[:60]
 
 
-def semantic(n: int, sample_size: int = 50000) -> None:
+def semantic(n: int, sample_size: int = 50000, runners: tuple[str, ...] = ("fnapi", "flink")) -> None:
     from dedup import synthetic
 
     source = synthetic(os.path.join(HERE, "data"), "embedding", n)
@@ -106,11 +107,11 @@ def semantic(n: int, sample_size: int = 50000) -> None:
     results = {}
     with cluster.FlinkCluster(os.path.join(scratch, "cluster"), artifacts.flink_home, taskmanagers=2) as flink:
         contenders = {
-            "FnApiRunner, one process": (["--runner=FnApiRunner"], cluster.marker_env("fnapi")),
-            "Flink standalone, 2 TaskManagers, parallelism 2": (
-                flink.beam_options(artifacts.flink_job_server_jar, sys.executable), flink.env),
+            "fnapi": ("FnApiRunner, one process", ["--runner=FnApiRunner"], cluster.marker_env("fnapi")),
+            "flink": ("Flink standalone, 2 TaskManagers, parallelism 2",
+                      flink.beam_options(artifacts.flink_job_server_jar, sys.executable), flink.env),
         }
-        for name, (runner, env) in contenders.items():
+        for name, runner, env in (contenders[key] for key in runners):
             out = os.path.join(scratch, "removal")
             shutil.rmtree(out, ignore_errors=True)
             with PeakRss(env[cluster.MARKER]) as peaks:
@@ -140,9 +141,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--semantic", type=int, default=0, help="semantic dedup of this many embeddings instead")
     parser.add_argument("--sample-size", type=int, default=50000, help="semantic dedup: the k-means sample")
+    parser.add_argument("--runners", default="fnapi,flink", type=lambda text: tuple(text.split(",")),
+                        help="semantic dedup: on which, comma-separated (fnapi, flink)")
     args = parser.parse_args()
     if args.semantic:
-        return semantic(args.semantic, args.sample_size)
+        return semantic(args.semantic, args.sample_size, args.runners)
     source = make_dataset(args.shards, 250)
     artifacts = cluster.fetch(os.path.join(ROOT, ".cache", "engines"))
     scratch = tempfile.mkdtemp(prefix="beam_curator-engines-bench-")
