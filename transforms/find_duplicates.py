@@ -325,7 +325,10 @@ class FindDuplicates(beam.PTransform):
             bands = hash_bands(self.max_hamming)
             return (chunks | "ByBand" >> beam.FlatMap(_band_items, bands) | "Group" >> beam.GroupByKey()
                     | "Pairs" >> beam.FlatMap(_band_pairs, self.max_hamming)
-                    | "AllPairs" >> beam.combiners.ToList() | "Components" >> beam.FlatMap(_components, self.keep)), None
+                    # one group of every pair, gathered pair by pair (a GroupByKey, not a ToList: see below)
+                    | "OneKey" >> beam.Map(lambda pair: (0, pair)) | "AllPairs" >> beam.GroupByKey()
+                    | "Components" >> beam.FlatMap(lambda group, keep: _components(list(group[1]), keep),
+                                                   self.keep)), None
         # The sample: the sample_size smallest id digests are found on the digests alone, then the files
         # are read again for those rows' embeddings, and again for the assignment. Reusing `chunks`
         # would make the runner hold every embedding until the centroids exist, and a Top combine over
