@@ -60,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _unknown_options(argv: Sequence[str], command: str) -> list[str]:
     """Messages for the options in argv that neither the command nor (for curate, dedup and prune)
     Beam's PipelineOptions knows, each with the closest known option. Imports no Beam."""
-    from beam_curator.jobs.beam_options import BEAM_OPTIONS
+    from beam_curator.jobs.beam_options import BEAM_OPTIONS, JOB_SERVER_OPTIONS
 
     ours = [option.flag for option in command_options(command).values() if option.kind not in ("inputs",)
             and option.name != "directory"]
     ours += [f"--no-{option.flag[2:]}" for option in command_options(command).values() if option.kind == "bool"]
     ours += ["--help", "-h"]
-    beam = BEAM_OPTIONS if command in _BEAM_COMMANDS else frozenset()
+    beam = BEAM_OPTIONS | JOB_SERVER_OPTIONS if command in _BEAM_COMMANDS else frozenset()
     messages = []
     for token in argv:
         if not token.startswith("-") or token == "-" or _is_number(token):

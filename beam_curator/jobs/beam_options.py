@@ -4,7 +4,7 @@ installed Beam and prints the new one when Beam adds options."""
 
 from __future__ import annotations
 
-__all__ = ["BEAM_OPTIONS", "DEFAULT_RUNNER", "beam_option"]
+__all__ = ["BEAM_OPTIONS", "DEFAULT_RUNNER", "JOB_SERVER_OPTIONS", "beam_option"]
 
 DEFAULT_RUNNER = "FnApiRunner"  # local and offline; Beam's DirectRunner first tries to download Prism
 
@@ -61,4 +61,25 @@ BEAM_OPTIONS = frozenset({
     "type_check_additional", "type_check_strictness", "update", "update_compatibility_version",
     "use_public_ips", "use_transform_service", "user_agent", "wait_until_finish_duration", "worker_disk_type",
     "worker_harness_container_image", "worker_machine_type", "worker_region", "worker_zone", "zone",
+})
+
+# Options of Beam's Java job servers (Beam 2.70's FlinkPipelineOptions and SparkPipelineOptions) that the
+# Python SDK does not declare. FlinkRunner and SparkRunner ask their job server which options it has
+# (DescribePipelineOptions) and pass those on; on another runner they are ignored.
+JOB_SERVER_OPTIONS = frozenset({
+    "allow_non_restored_state", "attached_mode", "auto_balance_write_files_sharding_enabled",
+    "auto_watermark_interval", "checkpoint_timeout_millis", "checkpointing_interval", "checkpointing_mode",
+    "disable_metrics", "enable_stable_input_drain", "execution_mode_for_batch", "execution_retry_delay",
+    "externalized_checkpoints_enabled", "fail_on_checkpointing_errors", "faster_copy",
+    "finish_bundle_before_checkpointing", "flink_conf_dir",
+    "force_slot_sharing_group", "force_unaligned_checkpoint_enabled", "job_check_interval_in_secs",
+    "latency_tracking_interval", "max_bundle_size", "max_bundle_time_mills", "min_pause_between_checkpoints",
+    "num_concurrent_checkpoints", "number_of_execution_retries", "object_reuse", "operator_chaining",
+    "re_iterable_group_by_key_result", "report_checkpoint_duration",
+    "retain_externalized_checkpoints_on_cancellation", "savepoint_path", "shutdown_sources_after_idle_ms",
+    "state_backend", "state_backend_factory", "state_backend_storage_path", "unaligned_checkpoint_enabled",
+    "batch_interval_millis", "bundle_size", "cache_disabled", "checkpoint_dir", "checkpoint_duration_millis",
+    "enable_spark_metric_sinks", "max_records_per_batch", "min_read_time_millis",
+    "prefer_group_by_key_to_handle_huge_values", "read_time_percentage", "storage_level",
+    "streaming_timeout_ms", "uses_provided_spark_context",
 })

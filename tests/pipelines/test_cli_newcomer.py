@@ -46,12 +46,15 @@ def test_a_mistyped_option_stops_before_anything_is_built(tmp_path):
 
 def test_beam_options_pass_and_near_misses_are_named():
     fine = ["--runner", "FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing",
-            "--project=p", "--region", "us-central1", "--sdk_container_image=img", "--no_use_public_ips"]
+            "--project=p", "--region", "us-central1", "--sdk_container_image=img", "--no_use_public_ips",
+            "--execution_mode_for_batch=PIPELINED", "--checkpointing_interval", "1000"]  # the job server's
     assert cli._unknown_options(fine, "curate") == []
-    assert cli._unknown_options(["--direct_num_worker=2", "--images_per_tar=5", "--frobnicate"], "curate") == [
+    assert cli._unknown_options(["--direct_num_worker=2", "--images_per_tar=5", "--frobnicate",
+                                 "--execution_mode_for_bach=BATCH"], "curate") == [
         "unrecognized option --direct_num_worker (did you mean --direct_num_workers?)",
         "unrecognized option --images_per_tar (did you mean --images-per-tar?)",
         "unrecognized option --frobnicate",
+        "unrecognized option --execution_mode_for_bach (did you mean --execution_mode_for_batch?)",
     ]
 
 

@@ -138,9 +138,14 @@ def _on(flink_cluster, artifacts, **worker_env) -> tuple[list[str], dict[str, st
 def test_standalone_flink_writes_the_bytes_of_the_local_runner(world, artifacts, flink_cluster):
     root, reference = world
     options, env = _on(flink_cluster, artifacts)
+    # an option only the job server knows (one that batch jobs do not use) passes the command's check
+    # and reaches the job
+    options.append("--max_bundle_time_mills=1234")
     assert _run_all(root, "flink-standalone", options, env=env) == reference
     ran_on = flink_cluster.job_taskmanagers()  # the last job's subtasks per TaskManager
     assert len(ran_on) == 2, ran_on
+    last = flink_cluster.jobs()[-1]["jid"]
+    assert flink_cluster.rest(f"jobs/{last}/config")["execution-config"]["user-config"]["maxBundleTimeMills"] == "1234"
 
 
 def _committed(out) -> int:
