@@ -330,6 +330,11 @@ class FlinkCluster:
         with urllib.request.urlopen(f"http://{self.rest_address}/{path.lstrip('/')}", timeout=timeout_s) as reply:
             return json.load(reply)
 
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job (REST PATCH /jobs/<id>?mode=cancel)."""
+        request = urllib.request.Request(f"http://{self.rest_address}/jobs/{job_id}?mode=cancel", method="PATCH")
+        urllib.request.urlopen(request, timeout=5.0).close()
+
     def taskmanagers(self) -> list[dict[str, Any]]:
         """The TaskManagers registered with the JobManager (REST /taskmanagers: id, slotsNumber, ...)."""
         return self.rest("taskmanagers")["taskmanagers"]
