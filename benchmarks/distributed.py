@@ -12,7 +12,7 @@ medians over the rounds, and writes benchmarks/results/<date>-engines.json. With
 FnApiRunner and on the standalone cluster, each run's wall time and the peak RSS of every process it
 involves (sampled from /proc every 0.2 s: the command, the job server, the JobManager, the TaskManagers,
 the SDK workers), to benchmarks/results/<date>-engines-semantic-N-sample-S.json (`--sample-size S`,
-the k-means sample; `--runners flink` skips the FnApiRunner). Needs `python3 dev.py flink fetch`
+the k-means sample; `--runners flink` skips the FnApiRunner; `--parallelism` is Flink's). Needs `python3 dev.py flink fetch`
 (Java 17 and Maven).
 """
 
@@ -97,7 +97,8 @@ def _role(words: list[bytes]) -> str:
     return line[:60]
 
 
-def semantic(n: int, sample_size: int = 50000, runners: tuple[str, ...] = ("fnapi", "flink")) -> None:
+def semantic(n: int, sample_size: int = 50000, runners: tuple[str, ...] = ("fnapi", "flink"),
+             parallelism: int = 2) -> None:
     from dedup import synthetic
 
     source = synthetic(os.path.join(HERE, "data"), "embedding", n)
@@ -108,8 +109,9 @@ def semantic(n: int, sample_size: int = 50000, runners: tuple[str, ...] = ("fnap
     with cluster.FlinkCluster(os.path.join(scratch, "cluster"), artifacts.flink_home, taskmanagers=2) as flink:
         contenders = {
             "fnapi": ("FnApiRunner, one process", ["--runner=FnApiRunner"], cluster.marker_env("fnapi")),
-            "flink": ("Flink standalone, 2 TaskManagers, parallelism 2",
-                      flink.beam_options(artifacts.flink_job_server_jar, sys.executable), flink.env),
+            "flink": (f"Flink standalone, 2 TaskManagers, parallelism {parallelism}",
+                      flink.beam_options(artifacts.flink_job_server_jar, sys.executable, parallelism=parallelism),
+                      flink.env),
         }
         for name, runner, env in (contenders[key] for key in runners):
             out = os.path.join(scratch, "removal")
@@ -143,9 +145,10 @@ def main() -> None:
     parser.add_argument("--sample-size", type=int, default=50000, help="semantic dedup: the k-means sample")
     parser.add_argument("--runners", default="fnapi,flink", type=lambda text: tuple(text.split(",")),
                         help="semantic dedup: on which, comma-separated (fnapi, flink)")
+    parser.add_argument("--parallelism", type=int, default=2, help="semantic dedup: Flink's (2 TaskManagers of 2 slots)")
     args = parser.parse_args()
     if args.semantic:
-        return semantic(args.semantic, args.sample_size, args.runners)
+        return semantic(args.semantic, args.sample_size, args.runners, args.parallelism)
     source = make_dataset(args.shards, 250)
     artifacts = cluster.fetch(os.path.join(ROOT, ".cache", "engines"))
     scratch = tempfile.mkdtemp(prefix="beam_curator-engines-bench-")

@@ -216,6 +216,25 @@ def _sample_rows(chunk: _Chunk, cutoff: int):
             yield digest, vector
 
 
+def _each_file(value, paths: list[str]):
+    """(path, value) for every file: a read that starts from the value cannot run before it exists."""
+    return [(path, value) for path in paths]
+
+
+def _read_sample(item, column: str):
+    """The sample rows of one (path, cutoff)."""
+    path, cutoff = item
+    for chunk in _read_chunks(path, column):
+        yield from _sample_rows(chunk, cutoff)
+
+
+def _read_assigned(item, column: str):
+    """One (path, centroids)'s rows by cluster."""
+    path, centroids = item
+    for chunk in _read_chunks(path, column):
+        yield from _assign_chunk(chunk, centroids)
+
+
 def _fit_group(group, n_clusters: int, seed: int):
     """The k-means of a (key, rows) group of the sample, its marker (None) left out."""
     return _fit([row for row in group[1] if row is not None], n_clusters, seed)
@@ -330,26 +349,28 @@ class FindDuplicates(beam.PTransform):
                     | "Components" >> beam.FlatMap(lambda group, keep: _components(list(group[1]), keep),
                                                    self.keep)), None
         # The sample: the sample_size smallest id digests are found on the digests alone, then the files
-        # are read again for those rows' embeddings, and again for the assignment. Reusing `chunks`
-        # would make the runner hold every embedding until the centroids exist, and a Top combine over
-        # (digest, embedding) pairs holds several copies of the sample.
-        cutoff = beam.pvalue.AsSingleton(
-            chunks | "Digests" >> beam.FlatMap(lambda chunk: map(id_digest, chunk.ids))
-            | "SmallestDigests" >> beam.combiners.Top.Smallest(self.sample_size)
-            | "Cutoff" >> beam.Map(lambda smallest: smallest[-1] if smallest else -1))
+        # are read again for those rows' embeddings, and again for the assignment. Each re-read starts
+        # from what it waits for (the cutoff, the centroids) paired with every path: reading from `files`
+        # would make the runner hold every embedding until then (runners fuse sibling reads of `files`
+        # into the first stage, whose output on Flink must stay under ~1 GB per task), and a Top combine
+        # over (digest, embedding) pairs holds several copies of the sample.
+        paths = beam.pvalue.AsList(files)
+        cutoff = (chunks | "Digests" >> beam.FlatMap(lambda chunk: map(id_digest, chunk.ids))
+                  | "SmallestDigests" >> beam.combiners.Top.Smallest(self.sample_size)
+                  | "Cutoff" >> beam.Map(lambda smallest: smallest[-1] if smallest else -1))
         # The sample is gathered by a GroupByKey, row by row: a ToList combine would shuffle each
         # bundle's rows as one accumulator, and Flink's sorter refuses a record of 100 MB (50,000 rows).
         # An empty marker makes the group exist when no row has an embedding.
-        rows = (files | "ReadSample" >> beam.FlatMap(_read_chunks, column)
-                | "SampleRows" >> beam.FlatMap(_sample_rows, cutoff))
+        rows = (cutoff | "SampleFiles" >> beam.FlatMap(_each_file, paths) | "SpreadSample" >> beam.Reshuffle()
+                | "ReadSample" >> beam.FlatMap(_read_sample, column))
         marker = files.pipeline | "NoRows" >> beam.Create([None])
         fitted = ((rows, marker) | "Flatten" >> beam.Flatten() | "OneKey" >> beam.Map(lambda row: (0, row))
                   | "Sample" >> beam.GroupByKey()
                   | "KMeans" >> beam.Map(_fit_group, self.n_clusters, self.seed))
         centroids = beam.pvalue.AsSingleton(fitted)
         clusters = fitted | "Clusters" >> beam.Map(lambda fit: 0 if fit is None else len(fit))
-        again = files | "ReadAgain" >> beam.FlatMap(_read_chunks, column)
-        duplicates = (again | "Assign" >> beam.FlatMap(_assign_chunk, centroids) | "Group" >> beam.GroupByKey()
+        duplicates = (fitted | "AssignFiles" >> beam.FlatMap(_each_file, paths) | "SpreadAssign" >> beam.Reshuffle()
+                      | "ReadAndAssign" >> beam.FlatMap(_read_assigned, column) | "Group" >> beam.GroupByKey()
                       | "Duplicates" >> beam.FlatMap(_cluster_duplicates, centroids, self.eps, self.keep, self.seed))
         return duplicates, clusters
 
