@@ -106,11 +106,10 @@ def run_bare(model_dir: str, images: int, batch: int, gpu: bool) -> dict:
     the inputs wait in GPU memory (bound through IO binding): no host-to-device copy is timed."""
     script = f"""
 import json, time, numpy as np
-from beam_curator.models.inference import OnnxModel
-from beam_curator.models.model_dir import read_manifest, fetch_model_files
+from beam_curator.models.handler import OnnxModels
+from beam_curator.models.model_dir import read_manifest
 manifest = read_manifest({model_dir!r})
-paths = fetch_model_files(manifest, ("image_encoder", "aesthetic", "nsfw"))
-models = {{role: OnnxModel(path, use_gpu={gpu}) for role, path in paths.items()}}
+models = OnnxModels.load(manifest, ("image_encoder", "aesthetic", "nsfw"), use_gpu={gpu}).sessions  # as the stages load them
 encoder = models["image_encoder"]
 if {gpu} and not encoder.on_gpu:
     raise SystemExit("no CUDA provider: install onnxruntime-gpu")

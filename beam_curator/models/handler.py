@@ -27,6 +27,13 @@ __all__ = ["ModelLoading", "OnnxModels"]
 _LOG = logging.getLogger(__name__)
 
 
+# The score heads are small MLPs over one embedding (microseconds a call): run on the calling thread.
+# Measured with a pool (ONNX Runtime's default): its threads spun after every call and took CPU from
+# DALI's decoding in the same process (docs/PERFORMANCE.md, the model path's own cost).
+_HEADS = ("aesthetic", "nsfw")
+_HEAD_THREADS = 1
+
+
 class OnnxModels:
     """The sessions of `roles` of a MODEL_DIR (role -> OnnxModel), its tokenizer when a role needs
     it, and where they run ("gpu" or "cpu")."""
@@ -40,7 +47,8 @@ class OnnxModels:
 
         started = time.perf_counter()
         paths = fetch_model_files(manifest, tuple(roles))
-        sessions = {role: OnnxModel(path, use_gpu=use_gpu) for role, path in paths.items() if role != "tokenizer"}
+        sessions = {role: OnnxModel(path, use_gpu=use_gpu, threads=_HEAD_THREADS if role in _HEADS else None)
+                    for role, path in paths.items() if role != "tokenizer"}
         tokenizer = None
         if "tokenizer" in paths:
             tokenizer = CaptionTokenizer(paths["tokenizer"], context_length=manifest.text["context_length"],

@@ -37,9 +37,12 @@ class OnnxModel:
 
     use_gpu: run on CUDA (device_id) when this onnxruntime has the CUDA provider; else the CPU, with a
     warning naming the package to install.
+    threads: ONNX Runtime's intra-op threads (None: its default, one per core). 1 runs the model on the
+    calling thread, with no pool: for a model whose run takes microseconds (a score head), a pool's
+    threads would only spin after each call, on the cores that DALI decodes on.
     """
 
-    def __init__(self, path: str, *, use_gpu: bool, device_id: int = 0):
+    def __init__(self, path: str, *, use_gpu: bool, device_id: int = 0, threads: int | None = None):
         import onnxruntime as ort
 
         providers: list[Any] = ["CPUExecutionProvider"]
@@ -53,6 +56,8 @@ class OnnxModel:
                              "%s runs on the CPU", path)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
+        if threads is not None:
+            options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(path, options, providers=providers)
         self.path = path
         self.provider = self.session.get_providers()[0]

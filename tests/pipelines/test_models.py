@@ -106,6 +106,21 @@ def test_heads_equal_their_numpy_forward(exported_models):
     assert ((nsfw > 0) & (nsfw < 1)).all()
 
 
+def test_heads_run_on_the_calling_thread_with_the_same_scores(exported_models):
+    """The stages load the heads with one intra-op thread (no pool whose threads spin after each call,
+    taking CPU from DALI's decoding) and the image tower with ONNX Runtime's default pool."""
+    from beam_curator.models.handler import OnnxModels
+
+    loaded = OnnxModels.load(read_manifest(exported_models.model_dir), ("image_encoder", "aesthetic", "nsfw"),
+                             use_gpu=False).sessions
+    threads = {role: model.session.get_session_options().intra_op_num_threads for role, model in loaded.items()}
+    assert threads == {"image_encoder": 0, "aesthetic": 1, "nsfw": 1}
+    embeddings = np.random.default_rng(1).normal(size=(40, 768)).astype(np.float32)
+    for role in ("aesthetic", "nsfw"):
+        pooled = _model(exported_models, role).run_in_chunks(embeddings, 16)
+        assert np.abs(loaded[role].run_in_chunks(embeddings, 16) - pooled).max() < 1e-6
+
+
 def test_export_refuses_heads_that_are_not_the_real_architecture(exported_models, tmp_path):
     from safetensors.torch import save_file
 
