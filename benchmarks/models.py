@@ -3,14 +3,16 @@ against bare ONNX Runtime on the same model, same machine, same run, interleaved
 
   (m) bare onnxruntime: the exported image tower, then the aesthetic and NSFW heads, in calls of
       --model-batch images, on already-preprocessed inputs (CLIP-sized pixel tensors), one session
-      each, ONNX Runtime's default threads: the ceiling of the model path;
+      each, loaded as the stages load them: the ceiling of the model path;
   (p) `beam-curator curate --model-dir M --embed --scores aesthetic,nsfw` over the benchmark photos
       (0.3-0.8 MP JPEGs): read, DALI decode, CLIP preprocessing, the same three models, write.
 
 `--null-model` measures the model path's own overhead instead: the image tower is replaced by a model
 that costs ~nothing (the mean of each channel times a 3 x 768 matrix, normalised: a real ONNX file in a
 real MODEL_DIR, loaded by the same code), and (p) is compared with (c), the pass-through `curate` on the
-same data in the same rounds. Target: (p) >= 0.8 x (c), both on the job clock.
+same data in the same rounds. Target: (p) >= 0.8 x (c), both on the job clock. On the CPU it also reports
+each command's CPU per image and what the reader's DALI pipeline costs alone, decoding with and without
+the model input: where the CPUs are the bound, (c)'s CPU plus the model input's bounds the ratio.
 
 The model is a ViT-B/32-sized CLIP (openai/clip-vit-base-patch32's sizes: real compute; `--model-size
 vit-l-14` for NeMo Curator's ViT-L/14) with random weights, and the heads at their real sizes for its
@@ -160,7 +162,35 @@ def run_pipeline(source: str, out: str, model_dir: str, batch: int, gpu: bool, m
     stages = {name: figures_["seconds"] for name, figures_ in stats["stages"].items()} if isinstance(
         stats.get("stages"), dict) else {}
     return {"seconds": figures["seconds"], "job_seconds": stats["seconds"], "peak_rss_mb": figures["peak_rss_mb"],
-            "images_out": stats["images_written"], "stage_seconds": stages}
+            "cpu_seconds": figures["cpu_seconds"], "images_out": stats["images_written"], "stage_seconds": stages}
+
+
+def preprocessing_cpu(source: str, model_dir: str, threads: int, batch: int, rounds: int) -> dict:
+    """CPU milliseconds per photo of the reader's DALI pipeline alone (DaliImageDecoder, as curate builds it),
+    in a child process: decoding only (what pass-through asks of it) and decoding plus the model input."""
+    script = f"""
+import glob, json, statistics, tarfile, time
+from beam_curator.formats.decoding import DaliImageDecoder, DecodeOutputs
+from beam_curator.formats.model_input import ModelInput
+from beam_curator.models.model_dir import read_manifest
+photos = []
+for path in sorted(glob.glob({os.path.join(source, "*.tar")!r})):
+    with tarfile.open(path) as tar:
+        photos += [tar.extractfile(m).read() for m in tar if m.name.endswith((".jpg", ".jpeg"))]
+spec = ModelInput.of(read_manifest({model_dir!r}).preprocessing)
+decoders = {{name: DaliImageDecoder(batch_size={batch}, num_threads={threads}, use_gpu=False, outputs=outputs)
+            for name, outputs in (("decode", DecodeOutputs()), ("model_input", DecodeOutputs(model_input=spec)))}}
+cpu = {{name: [] for name in decoders}}
+for _ in range({rounds}):
+    for name, decoder in decoders.items():
+        started = time.process_time()
+        for start in range(0, len(photos), {batch}):
+            decoder.decode(photos[start:start + {batch}])
+        cpu[name].append((time.process_time() - started) * 1000 / len(photos))
+print(json.dumps({{name: statistics.median(values) for name, values in cpu.items()}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(args, bench) -> int:
@@ -236,6 +266,10 @@ def main_null(args, bench) -> int:
               f"null model {images / nulls[-1]['job_seconds']:.1f} img/s (job clock)", flush=True)
     pass_rate = images / statistics.median(run["job_seconds"] for run in passes)
     null_rate = images / statistics.median(run["job_seconds"] for run in nulls)
+    # Why the ratio is what it is where the CPUs are the bound: what the preprocessing costs on its own.
+    dali = preprocessing_cpu(source, model_dir, args.threads, args.batch, args.rounds) if not gpu else None
+    pass_cpu = statistics.median(run["cpu_seconds"] for run in passes) * 1000 / images
+    null_cpu = statistics.median(run["cpu_seconds"] for run in nulls) * 1000 / images
     result = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -245,14 +279,27 @@ def main_null(args, bench) -> int:
         "ratio": null_rate / pass_rate, "target": NULL_TARGET, "target_met": null_rate / pass_rate >= NULL_TARGET,
         "stage_seconds_median": {name: statistics.median(run["stage_seconds"].get(name, 0) for run in nulls)
                                  for name in nulls[-1]["stage_seconds"]},
+        "cpu_ms_per_image": {"pass_through": pass_cpu, "null_model": null_cpu},
+        "dali_alone_cpu_ms_per_image": dali,
     }
+    if dali:
+        preprocessing = dali["model_input"] - dali["decode"]
+        # (c)'s CPU plus the preprocessing and nothing else: the best p/c a CPU-bound machine allows.
+        result["cpu_bound_ceiling"] = pass_cpu / (pass_cpu + preprocessing)
     text = "\n".join([
         f"{images} images, {args.rounds} rounds, {args.threads} DALI threads, batch {args.batch}, on the {args.device}",
         "", "| contender | images/s (median, job clock) |", "|---|---|",
         f"| (c) curate, bytes passed through | {pass_rate:.1f} |",
         f"| (p) curate --embed --scores aesthetic,nsfw, null image tower | {null_rate:.1f} |",
         "", "| ratio | measured | target | met |", "|---|---|---|---|",
-        f"| p/c | {result['ratio']:.3f} | >= {NULL_TARGET} | {'yes' if result['target_met'] else 'no'} |"])
+        f"| p/c | {result['ratio']:.3f} | >= {NULL_TARGET} | {'yes' if result['target_met'] else 'no'} |",
+        *([] if not dali else [
+            "", "| CPU per image (median) | ms |", "|---|---|",
+            f"| (c) whole command | {pass_cpu:.2f} |", f"| (p) whole command | {null_cpu:.2f} |",
+            f"| the reader's DALI pipeline alone: decoding | {dali['decode']:.2f} |",
+            f"| the same, decoding and the model input | {dali['model_input']:.2f} |",
+            "", f"p/c if (p) cost (c)'s CPU plus the model input's alone (the ceiling where the CPUs are the bound): "
+            f"{result['cpu_bound_ceiling']:.3f}"])])
     print(text)
     os.makedirs(args.results, exist_ok=True)
     name = args.name or f"{datetime.date.today().isoformat()}-{args.device}"

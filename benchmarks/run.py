@@ -155,15 +155,17 @@ print(count)
 
 
 def _measure_in_child(command: list[str]) -> dict:
-    """Run command from a fresh helper process: its wall seconds and peak RSS (RUSAGE_CHILDREN of the
-    helper is the largest RSS among the command's processes, and nothing else's)."""
+    """Run command from a fresh helper process: its wall seconds, peak RSS and CPU seconds (RUSAGE_CHILDREN
+    of the helper: the largest RSS among the command's processes, the CPU of all of them, nothing else's)."""
     helper = (
         "import json, resource, subprocess, sys, time\n"
         "started = time.perf_counter()\n"
         "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
         "seconds = time.perf_counter() - started\n"
+        "usage = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
         "print(json.dumps({'seconds': seconds, 'code': done.returncode, 'stdout': done.stdout,\n"
-        "  'stderr': done.stderr[-3000:], 'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n"
+        "  'stderr': done.stderr[-3000:], 'peak_rss_mb': usage.ru_maxrss / 1024,\n"
+        "  'cpu_seconds': usage.ru_utime + usage.ru_stime}))\n"
     )
     done = subprocess.run([sys.executable, "-c", helper, *command], capture_output=True, text=True, check=True)
     figures = json.loads(done.stdout)
@@ -190,7 +192,7 @@ def run_cli(source: str, out: str, threads: int, batch: int, reencode: bool, gpu
     if not stats["reconciles"]:
         raise RuntimeError(f"counts do not reconcile: {stats}")
     return {"seconds": figures["seconds"], "peak_rss_mb": figures["peak_rss_mb"], "images_out": stats["images_written"],
-            "job_seconds": stats["seconds"], "stats": stats}
+            "job_seconds": stats["seconds"], "cpu_seconds": figures["cpu_seconds"], "stats": stats}
 
 
 # --- the run -------------------------------------------------------------------------------------

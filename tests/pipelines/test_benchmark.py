@@ -25,6 +25,23 @@ def test_small_benchmark_runs_and_reconciles(tmp_path):
     assert "| (c) beam_curator CLI, bytes passed through |" in done.stdout
 
 
+def test_null_model_benchmark_runs_and_explains_its_ratio(tmp_path):
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--models", "--null-model", "--shards", "1",
+         "--images-per-shard", "40", "--rounds", "1", "--batch", "20", "--results", str(tmp_path), "--name", "ci"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "ci-null-model.json").read_text())
+    assert result["images"] == 40 and result["pass_through_job_images_per_s"] > 0
+    assert result["ratio"] == result["null_model_job_images_per_s"] / result["pass_through_job_images_per_s"]
+    dali = result["dali_alone_cpu_ms_per_image"]
+    assert 0 < dali["decode"] < dali["model_input"]  # the model input is work on top of decoding
+    pass_cpu = result["cpu_ms_per_image"]["pass_through"]
+    assert result["cpu_bound_ceiling"] == pass_cpu / (pass_cpu + dali["model_input"] - dali["decode"])
+    assert "the reader's DALI pipeline alone: decoding" in done.stdout
+
+
 def test_gpu_check_says_clearly_when_there_is_no_gpu(tmp_path):
     import pytest
 
