@@ -169,14 +169,13 @@ def preprocessing_cpu(source: str, model_dir: str, threads: int, batch: int, rou
     """CPU milliseconds per photo of the reader's DALI pipeline alone (DaliImageDecoder, as curate builds it),
     in a child process: decoding only (what pass-through asks of it) and decoding plus the model input."""
     script = f"""
-import glob, json, statistics, tarfile, time
+import json, statistics, sys, time
+sys.path.insert(0, "benchmarks")
+from run import dataset_figures
 from beam_curator.formats.decoding import DaliImageDecoder, DecodeOutputs
 from beam_curator.formats.model_input import ModelInput
 from beam_curator.models.model_dir import read_manifest
-photos = []
-for path in sorted(glob.glob({os.path.join(source, "*.tar")!r})):
-    with tarfile.open(path) as tar:
-        photos += [tar.extractfile(m).read() for m in tar if m.name.endswith((".jpg", ".jpeg"))]
+photos = dataset_figures({source!r})[2]
 spec = ModelInput.of(read_manifest({model_dir!r}).preprocessing)
 decoders = {{name: DaliImageDecoder(batch_size={batch}, num_threads={threads}, use_gpu=False, outputs=outputs)
             for name, outputs in (("decode", DecodeOutputs()), ("model_input", DecodeOutputs(model_input=spec)))}}
