@@ -37,6 +37,7 @@ from beam_curator import storage
 from beam_curator.dedup.removal import id_digest
 from beam_curator.errors import DuplicateIdsError
 from beam_curator.output.layout import duplicates_name, kind_of
+from beam_curator.transforms.gather import GatherAll
 
 __all__ = [
     "COLUMNS",
@@ -235,25 +236,6 @@ def _read_assigned(item, column: str):
         yield from _assign_chunk(chunk, centroids)
 
 
-class _OneGroup(beam.PTransform):
-    """Every element in one (0, elements) group, gathered element by element. Not a ToList combine: that
-    shuffles each bundle's elements as one accumulator, and Flink's sorter refuses a record that outgrows
-    its buffers (semantic dedup's sample, 100 MB at 50,000 rows, did)."""
-
-    def expand(self, pcoll):
-        return pcoll | "OneKey" >> beam.Map(lambda element: (0, element)) | "Group" >> beam.GroupByKey()
-
-
-def _components_group(group, keep: str):
-    """_components of a (key, pairs) group."""
-    return _components(list(group[1]), keep)
-
-
-def _fit_group(group, n_clusters: int, seed: int):
-    """The k-means of a (key, rows) group of the sample, its marker (None) left out."""
-    return _fit([row for row in group[1] if row is not None], n_clusters, seed)
-
-
 def _fit(sample, n_clusters: int, seed: int):
     from beam_curator.dedup.algorithms import kmeans_cosine
 
@@ -358,7 +340,7 @@ class FindDuplicates(beam.PTransform):
             bands = hash_bands(self.max_hamming)
             return (chunks | "ByBand" >> beam.FlatMap(_band_items, bands) | "Group" >> beam.GroupByKey()
                     | "Pairs" >> beam.FlatMap(_band_pairs, self.max_hamming)
-                    | "AllPairs" >> _OneGroup() | "Components" >> beam.FlatMap(_components_group, self.keep)), None
+                    | "AllPairs" >> GatherAll() | "Components" >> beam.FlatMap(_components, self.keep)), None
         # The sample: the sample_size smallest id digests are found on the digests alone, then the files
         # are read again for those rows' embeddings, and again for the assignment. Each re-read starts
         # from what it waits for (the cutoff, the centroids) paired with every path: reading from `files`
@@ -369,12 +351,9 @@ class FindDuplicates(beam.PTransform):
         cutoff = (chunks | "Digests" >> beam.FlatMap(lambda chunk: map(id_digest, chunk.ids))
                   | "SmallestDigests" >> beam.combiners.Top.Smallest(self.sample_size)
                   | "Cutoff" >> beam.Map(lambda smallest: smallest[-1] if smallest else -1))
-        # An empty marker makes the sample's group exist when no row has an embedding.
         rows = (cutoff | "SampleFiles" >> beam.FlatMap(_each_file, paths) | "SpreadSample" >> beam.Reshuffle()
                 | "ReadSample" >> beam.FlatMap(_read_sample, column))
-        marker = files.pipeline | "NoRows" >> beam.Create([None])
-        fitted = ((rows, marker) | "Flatten" >> beam.Flatten() | "Sample" >> _OneGroup()
-                  | "KMeans" >> beam.Map(_fit_group, self.n_clusters, self.seed))
+        fitted = rows | "Sample" >> GatherAll() | "KMeans" >> beam.Map(_fit, self.n_clusters, self.seed)
         centroids = beam.pvalue.AsSingleton(fitted)
         clusters = fitted | "Clusters" >> beam.Map(lambda fit: 0 if fit is None else len(fit))
         duplicates = (fitted | "AssignFiles" >> beam.FlatMap(_each_file, paths) | "SpreadAssign" >> beam.Reshuffle()

@@ -51,6 +51,7 @@ from beam_curator.output.packing import OUTPUT_FORMATS, PackingOptions, Partitio
 from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject, StagePerf
 from beam_curator.transforms.coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
+from beam_curator.transforms.gather import GatherAll
 from beam_curator.transforms.metrics import counter
 
 __all__ = ["MODES", "ImageWriterStage", "WriteResult", "fusion_break"]
@@ -504,7 +505,7 @@ class ImageWriterStage(beam.PTransform):
                           | "PackPartitions" >> beam.ParDo(_PackPartitionFn(self, temp_dir)))
         files = (
             partitions
-            | "CollectCommitted" >> beam.combiners.ToList()  # [PartitionOutput], once
+            | "CollectCommitted" >> GatherAll()  # [PartitionOutput], once
             | "Commit" >> beam.ParDo(_CommitFn(self.output_dir, temp_dir))  # FileGroupTask
         )
         return WriteResult(
