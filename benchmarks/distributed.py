@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/distributed.py [--shards 8] [--rounds 2]
     .venv/bin/python benchmarks/distributed.py --semantic 100000   # semantic dedup instead, with memory
+    .venv/bin/python benchmarks/distributed.py --one-partition 6   # one partition of 6 x 8x250 on Flink
 
 (FnApiRunner, one process), Flink's embedded mini-cluster (parallelism 2), a standalone Flink cluster
 of a JobManager and two TaskManagers (parallelism 2, PROCESS workers) and Spark local[2], interleaved,
@@ -12,7 +13,10 @@ medians over the rounds, and writes benchmarks/results/<date>-engines.json. With
 FnApiRunner and on the standalone cluster, each run's wall time and the peak RSS of every process it
 involves (sampled from /proc every 0.2 s: the command, the job server, the JobManager, the TaskManagers,
 the SDK workers), to benchmarks/results/<date>-engines-semantic-N-sample-S.json (`--sample-size S`,
-the k-means sample; `--runners flink` skips the FnApiRunner; `--parallelism` is Flink's). Needs `python3 dev.py flink fetch`
+the k-means sample; `--runners flink` skips the FnApiRunner; `--parallelism` is Flink's). With
+--one-partition K: `curate` on the standalone cluster of K copies of the 8x250 shards (linked, K x 206 MB)
+as one partition, which one task reads and one writer task packs, to
+benchmarks/results/<date>-engines-one-partition-K.json. Needs `python3 dev.py flink fetch`
 (Java 17 and Maven).
 """
 
@@ -137,6 +141,29 @@ def semantic(n: int, sample_size: int = 50000, runners: tuple[str, ...] = ("fnap
     print(f"wrote {path}")
 
 
+def one_partition(copies: int) -> None:
+    shards = make_dataset(8, 250)
+    artifacts = cluster.fetch(os.path.join(ROOT, ".cache", "engines"))
+    scratch = tempfile.mkdtemp(prefix="beam_curator-engines-bench-")
+    source = os.path.join(scratch, "input")
+    os.makedirs(source)
+    names = sorted(name for name in os.listdir(shards) if name.endswith(".tar"))
+    for copy in range(copies):
+        for name in names:
+            os.symlink(os.path.join(shards, name), os.path.join(source, f"copy{copy}-{name}"))
+    megabytes = copies * sum(os.path.getsize(os.path.join(shards, name)) for name in names) / 1e6
+    with cluster.FlinkCluster(os.path.join(scratch, "cluster"), artifacts.flink_home, taskmanagers=2) as flink:
+        options = ["--files-per-partition", str(copies * len(names)),
+                   *flink.beam_options(artifacts.flink_job_server_jar, sys.executable)]
+        wall, job, images = _curate(source, os.path.join(scratch, "out"), options, flink.env)
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"one partition of {megabytes:.0f} MB ({images} images) on Flink standalone: wall {wall:.1f} s, job {job:.1f} s")
+    path = os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-engines-one-partition-{copies}.json")
+    with open(path, "w") as handle:
+        json.dump({"megabytes": megabytes, "images": images, "wall_s": wall, "job_s": job}, handle, indent=1)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=8)
@@ -146,7 +173,11 @@ def main() -> None:
     parser.add_argument("--runners", default="fnapi,flink", type=lambda text: tuple(text.split(",")),
                         help="semantic dedup: on which, comma-separated (fnapi, flink)")
     parser.add_argument("--parallelism", type=int, default=2, help="semantic dedup: Flink's (2 TaskManagers of 2 slots)")
+    parser.add_argument("--one-partition", type=int, default=0, metavar="K",
+                        help="curate K copies of the 8x250 shards as one partition on Flink instead")
     args = parser.parse_args()
+    if args.one_partition:
+        return one_partition(args.one_partition)
     if args.semantic:
         return semantic(args.semantic, args.sample_size, args.runners, args.parallelism)
     source = make_dataset(args.shards, 250)

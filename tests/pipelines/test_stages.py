@@ -114,6 +114,26 @@ def test_keyed_mode_writes_what_fused_mode_writes(tmp_path, make_dataset):
     assert len(outputs["fused"]) == 2 * 4 * 2 + 2 and outputs["fused"] == outputs["keyed"]
 
 
+def test_keyed_mode_shuffles_no_image_bytes(tmp_path):
+    """Flink gathers a key's values per task as one record, which must fit its sort buffer: the keyed
+    writer spills the bytes (beam_curator.output.spill) and shuffles only the rest."""
+    import pickle
+
+    from beam_curator.tasks import BatchOrigin, ImageBatch, ImageObject
+    from beam_curator.transforms.io.image_writer import _PrepareFn
+    from tests.support.images import encode, make_image
+
+    images = [ImageObject(image_id=f"id{index}", key=f"k{index}", image_format="png", companions={"txt": b"a caption"},
+                          image_bytes=encode(make_image(index, 256, 256), "PNG")) for index in range(8)]
+    batch = ImageBatch(task_id="t", dataset_name="d", data=images, origin=BatchOrigin(0, 0, True, ("/a.tar",)))
+    prepare = _PrepareFn(ImageWriterStage(str(tmp_path / "out"), mode="keyed"), str(tmp_path / "temp"))
+    ((partition, prepared),) = [item for item in prepare.process(batch) if not isinstance(item, beam.pvalue.TaggedOutput)]
+    image_bytes = sum(len(obj.image_bytes) for obj in images)
+    assert partition == 0 and image_bytes > 500_000
+    assert len(pickle.dumps(prepared)) < 10_000  # what the shuffle moves: ids, captions, sizes
+    assert os.path.getsize(prepared.spilled.path) == image_bytes
+
+
 def _brighten_first(batch):
     """Changes the pixels of each batch's first image: the keyed mode must encode it before the shuffle."""
     objects = list(batch.data)

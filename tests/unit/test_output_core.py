@@ -3,6 +3,7 @@ partition and its manifest, resume planning, and the counts. No pipeline."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -12,8 +13,9 @@ from beam_curator.errors import PYTHON
 from beam_curator.output import directory, layout
 from beam_curator.output.commit import PartitionLedger, commit_partition
 from beam_curator.output.manifest import read_manifests
-from beam_curator.output.packing import PackingOptions, PartitionPacker, prepare_image
+from beam_curator.output.packing import PackingOptions, PartitionPacker, PreparedImage, prepare_image
 from beam_curator.output.resume import plan_resume
+from beam_curator.output.spill import restore, spill
 from beam_curator.output.stats import Counts, RunStats, Timings
 from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.tasks import FileGroupTask, ImageObject, PartitionInfo, StagePerf
@@ -134,6 +136,33 @@ def test_every_tar_of_a_partition_is_full_but_the_last(tmp_path):
     ledger, _ = _pack(tmp_path, 7, PackingOptions(images_per_tar=3))
     assert [shard.num_images for shard in ledger.shards] == [3, 3, 1]
     assert [shard.basename[-6:] for shard in ledger.shards] == ["000000", "000001", "000002"]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_spilled_bytes_come_back_as_they_went_and_only_the_rest_is_kept(tmp_path):
+    originals = _images(3)
+    originals[2].image_bytes = None  # written from its pixels alone
+    prepared = [prepare_image(originals[0], PackingOptions()),  # writes its original bytes
+                PreparedImage(originals[1], "jpg", encode(make_image(9, 8, 8)), 8, 8),  # re-encoded: both kept
+                PreparedImage(originals[2], "jpg", encode(make_image(7, 8, 8)), 8, 8)]
+    kept, spilled = spill(prepared, str(tmp_path / "spill"))
+    assert all(image.payload == b"" and image.obj.image_bytes is None for image in kept)
+    assert [image.obj.image_id for image in kept] == ["id0", "id1", "id2"]
+    assert os.path.getsize(spilled.path) == sum(len(image.payload) for image in prepared) + len(originals[1].image_bytes)
+    back = restore(kept, spilled)
+    assert [_sha256(image.payload) for image in back] == [_sha256(image.payload) for image in prepared]
+    assert [image.obj.image_bytes and _sha256(image.obj.image_bytes) for image in back] == \
+        [image.obj.image_bytes and _sha256(image.obj.image_bytes) for image in prepared]
+    assert back == prepared
+    _, other = spill(prepared, str(tmp_path / "spill"))  # a retried bundle never writes over a file handed on
+    assert other.path != spilled.path
+    with open(spilled.path, "r+b") as handle:
+        handle.truncate(10)
+    with pytest.raises(ValueError, match="not what was spilled"):
+        restore(kept, spilled)
 
 
 def test_a_partition_commit_writes_records_pairs_then_its_manifest_and_a_repeat_changes_nothing(tmp_path):

@@ -6,8 +6,9 @@ Two modes, byte-identical output (beam_curator.output.packing packs both):
   Out-of-order arrival fails at once, naming the keyed mode.
 - keyed: for when something between reader and writer shuffles or cannot be fused (a Reshuffle, a
   GroupByKey, a stage with its own resource hints, which Dataflow runs apart): each batch is reduced
-  to encoded bytes (never pixels: changed images are encoded first), keyed by partition, gathered by
-  a GroupByKey, ordered by batch index, then packed.
+  to encoded bytes (never pixels: changed images are encoded first), which go to a file of their own
+  in the temporary directory (beam_curator.output.spill: the shuffle moves the rest), keyed by
+  partition, gathered by a GroupByKey, ordered by batch index, read back and packed.
 mode='auto' (the default) picks keyed when the pipeline graph shows such a step between the writer
 and ImageReaderStage, fused otherwise.
 
@@ -25,7 +26,7 @@ PartitionOutput the commit returns, so a retried bundle's are counted once.
 Before anything is written, the writer's first step gets the output directory ready
 (beam_curator.output.directory.prepare): a new run stops on an earlier run's output; overwrite=True
 removes it; resume=True keeps the committed partitions and removes the rest. The writing steps wait
-for it (a side input).
+for it (a side input); only the keyed mode's spill, in the job's own temporary directory, may come first.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from beam_curator.output import directory
 from beam_curator.output.commit import PartitionLedger, PartitionOutput, commit_partition, commit_shards, final_files
 from beam_curator.output.layout import TEMP_DIR_PREFIX
 from beam_curator.output.packing import OUTPUT_FORMATS, PackingOptions, PartitionPacker, PreparedImage, prepare_image
+from beam_curator.output.spill import SPILL_DIR, Spilled, restore, spill
 from beam_curator.records import FailureRecord, FilterRecord
 from beam_curator.tasks import BatchOrigin, FileGroupTask, ImageBatch, ImageObject, StagePerf
 from beam_curator.transforms.coders import ImageBatchCoder  # noqa: F401 - registers the ImageBatch coder
@@ -225,22 +227,28 @@ class _PreparedBatch:
 
     origin: BatchOrigin
     dataset_name: str
-    images: list[PreparedImage]
+    images: list[PreparedImage]  # without their bytes, which are in `spilled`
+    spilled: Spilled
     records: list
     perfs: list[StagePerf]
 
 
 class _PrepareFn(_WriterCore, beam.DoFn):
-    """Keyed mode, before the shuffle: encode changed images, drop pixels, key by partition."""
+    """Keyed mode, before the shuffle: encode changed images, drop pixels, spill the bytes
+    (beam_curator.output.spill), key by partition."""
 
-    def process(self, batch: ImageBatch, output_ready=None) -> Iterator:
+    def __init__(self, stage: ImageWriterStage, temp_dir: str):
+        _WriterCore.__init__(self, stage)
+        self._spill_dir = storage.join(temp_dir, SPILL_DIR)
+
+    def process(self, batch: ImageBatch) -> Iterator:
         # ImageBatch -> (partition, _PreparedBatch); tagged: records, the batch as written
         started = time.perf_counter()
         taken = self._take(batch)
         perfs = self._written(batch, taken, started)
+        images, spilled = spill([image.without_pixels() for image in taken.prepared], self._spill_dir)
         yield from taken.outputs
-        yield taken.origin.partition, _PreparedBatch(taken.origin, batch.dataset_name,
-                                                     [image.without_pixels() for image in taken.prepared],
+        yield taken.origin.partition, _PreparedBatch(taken.origin, batch.dataset_name, images, spilled,
                                                      taken.records, perfs)
 
 
@@ -254,7 +262,7 @@ class _PackPartitionFn(_WriterCore, beam.DoFn):
     def start_bundle(self):
         self._attempt_dir = storage.join(self._temp_dir, uuid.uuid4().hex)
 
-    def process(self, element) -> Iterator:
+    def process(self, element, output_ready=None) -> Iterator:
         # (partition, [_PreparedBatch]) -> PartitionOutput
         partition, batches = element
         # (batch index, image ids): a deterministic order even for a batch a stage split in two
@@ -266,7 +274,7 @@ class _PackPartitionFn(_WriterCore, beam.DoFn):
                                  self._attempt_dir)
         ledger = PartitionLedger(packer.digest, tuple(first.origin.source_files))
         for batch in batches:
-            for image in batch.images:
+            for image in restore(batch.images, batch.spilled):
                 closed = packer.add(image)
                 if closed is not None:
                     ledger.shards.append(closed)
@@ -499,10 +507,13 @@ class ImageWriterStage(beam.PTransform):
             partitions = outputs.partitions
         else:
             # ImageBatch -> (partition, _PreparedBatch) -> (partition, [_PreparedBatch]) -> PartitionOutput
-            outputs = batches | "Prepare" >> beam.ParDo(_PrepareFn(self), ready).with_outputs(*tags, main="keyed")
+            # Prepare reads no side input, so that runners fuse it with the reader (Flink's job server does
+            # not fuse a step that does): what leaves the reader's task is then small, and the spilled bytes
+            # wait in the job's own temporary directory, which preparing the output never touches.
+            outputs = batches | "Prepare" >> beam.ParDo(_PrepareFn(self, temp_dir)).with_outputs(*tags, main="keyed")
             partitions = (outputs.keyed
                           | "GroupByPartition" >> beam.GroupByKey()
-                          | "PackPartitions" >> beam.ParDo(_PackPartitionFn(self, temp_dir)))
+                          | "PackPartitions" >> beam.ParDo(_PackPartitionFn(self, temp_dir), ready))
         files = (
             partitions
             | "CollectCommitted" >> GatherAll()  # [PartitionOutput], once
