@@ -221,7 +221,8 @@ CURATE = [
     Option("write_index", "flag", False, "write DALI's index (.idx) beside each tar", "ImageWriterStage",
            shapes_output=True),
     Option("writer_mode", "choice", "auto", "fused: pack batches in the reader's bundles; keyed: gather each partition "
-           "by a shuffle of encoded bytes first (needed behind a Reshuffle); auto: chosen from the pipeline",
+           "by a shuffle first, the image bytes spilled to the temporary directory (needed behind a Reshuffle, and on "
+           "Flink and Spark); auto: chosen from the pipeline",
            "ImageWriterStage", choices=("auto", "fused", "keyed")),
     Option("output_format", "choice", "original", "jpg: every image a .jpg member (non-JPEG images encoded at "
            "--jpeg-quality), so every sample has the same members; original: bytes pass through", "ImageWriterStage",
