@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,16 +73,8 @@ def main() -> None:
             for how in args.gather.split(","):
                 options = flink.beam_options(artifacts.flink_job_server_jar, sys.executable, parallelism=1)
                 started = time.perf_counter()
-                try:
-                    done = subprocess.run([sys.executable, "-c", PIPELINE, how, str(megabytes),
-                                           str(args.element_bytes), *options], cwd=ROOT, capture_output=True,
-                                          text=True, timeout=args.timeout, env={**os.environ, **flink.env})
-                    outcome = "finished" if done.returncode == 0 else "failed: " + _cause(done.stderr)
-                except subprocess.TimeoutExpired:
-                    outcome = "hung"
-                    for job in flink.jobs():
-                        if job["state"] == "RUNNING":  # free the slot for the next run
-                            flink.cancel(job["jid"])
+                outcome = flink.run_probe([sys.executable, "-c", PIPELINE, how, str(megabytes), str(args.element_bytes),
+                                           *options], ROOT, args.timeout)
                 seconds = time.perf_counter() - started
                 results.append({"mb": megabytes, "element_bytes": args.element_bytes, "gather": how,
                                 "outcome": outcome, "seconds": round(seconds, 1)})
@@ -92,15 +83,6 @@ def main() -> None:
     with open(path, "w") as handle:
         json.dump({"timeout_s": args.timeout, "runs": results}, handle, indent=1)
     print(f"wrote {path}")
-
-
-def _cause(stderr: str) -> str:
-    """The line of a failed run's output that names the cause, else its end."""
-    for marker in ("Record too large", "OutOfMemoryError", "Exception:"):
-        for line in stderr.splitlines():
-            if marker in line:
-                return line.strip()[:300]
-    return stderr[-300:]
 
 
 if __name__ == "__main__":

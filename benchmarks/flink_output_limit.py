@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,16 +54,7 @@ def main() -> None:
         for megabytes in (int(text) for text in args.mb.split(",")):
             options = flink.beam_options(artifacts.flink_job_server_jar, sys.executable, parallelism=1)
             started = time.perf_counter()
-            try:
-                done = subprocess.run([sys.executable, "-c", PIPELINE, str(megabytes), *options], cwd=ROOT,
-                                      capture_output=True, text=True, timeout=args.timeout,
-                                      env={**os.environ, **flink.env})
-                outcome = "finished" if done.returncode == 0 else f"failed: {done.stderr[-500:]}"
-            except subprocess.TimeoutExpired:
-                outcome = "hung"
-                for job in flink.jobs():
-                    if job["state"] == "RUNNING":  # free the slot for the next size
-                        flink.cancel(job["jid"])
+            outcome = flink.run_probe([sys.executable, "-c", PIPELINE, str(megabytes), *options], ROOT, args.timeout)
             seconds = time.perf_counter() - started
             results.append({"mb": megabytes, "outcome": outcome, "seconds": round(seconds, 1)})
             print(f"{megabytes} MB from one task: {outcome} ({seconds:.1f} s)", flush=True)

@@ -335,6 +335,23 @@ class FlinkCluster:
         request = urllib.request.Request(f"http://{self.rest_address}/jobs/{job_id}?mode=cancel", method="PATCH")
         urllib.request.urlopen(request, timeout=5.0).close()
 
+    def run_probe(self, command: list[str], cwd: str, timeout_s: float) -> str:
+        """Run a command that submits one job to this cluster (the benchmarks' limit probes): "finished",
+        "failed: <the line that names the cause>", or "hung" after timeout_s (its job is then cancelled,
+        freeing the slots for the next)."""
+        try:
+            done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
+                                  env={**os.environ, **self.env})
+        except subprocess.TimeoutExpired:
+            for job in self.jobs():
+                if job["state"] == "RUNNING":
+                    self.cancel(job["jid"])
+            return "hung"
+        if done.returncode == 0:
+            return "finished"
+        causes = [line for line in done.stderr.splitlines() if "Exception" in line or "Error:" in line]
+        return "failed: " + (causes[-1].strip()[:300] if causes else done.stderr[-300:])
+
     def taskmanagers(self) -> list[dict[str, Any]]:
         """The TaskManagers registered with the JobManager (REST /taskmanagers: id, slotsNumber, ...)."""
         return self.rest("taskmanagers")["taskmanagers"]
