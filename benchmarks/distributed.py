@@ -23,7 +23,6 @@ benchmarks/results/<date>-engines-one-partition-K.json. Needs `python3 dev.py fl
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]  # engines/ (the repository's), run.py
 
-from run import make_dataset  # noqa: E402
+from run import make_dataset, save_dated  # noqa: E402
 
 from engines import cluster  # noqa: E402
 
@@ -135,10 +134,8 @@ def semantic(n: int, sample_size: int = 50000, runners: tuple[str, ...] = ("fnap
             print(f"{name}: {wall:.1f} s, removed {removed}; largest process {largest[0]} {largest[1]:.0f} MB; "
                   f"all: {', '.join(f'{k} {v:.0f}' for k, v in sorted(peaks.peaks.items()))}", flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
-    path = os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-engines-semantic-{n}-sample-{sample_size}.json")
-    with open(path, "w") as handle:
-        json.dump({"n": n, "options": options, "cpus": os.cpu_count(), "runners": results}, handle, indent=1)
-    print(f"wrote {path}")
+    save_dated(f"engines-semantic-{n}-sample-{sample_size}",
+               {"n": n, "options": options, "cpus": os.cpu_count(), "runners": results})
 
 
 def one_partition(copies: int) -> None:
@@ -158,10 +155,7 @@ def one_partition(copies: int) -> None:
         wall, job, images = _curate(source, os.path.join(scratch, "out"), options, flink.env)
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"one partition of {megabytes:.0f} MB ({images} images) on Flink standalone: wall {wall:.1f} s, job {job:.1f} s")
-    path = os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-engines-one-partition-{copies}.json")
-    with open(path, "w") as handle:
-        json.dump({"megabytes": megabytes, "images": images, "wall_s": wall, "job_s": job}, handle, indent=1)
-    print(f"wrote {path}")
+    save_dated(f"engines-one-partition-{copies}", {"megabytes": megabytes, "images": images, "wall_s": wall, "job_s": job})
 
 
 def main() -> None:
@@ -208,11 +202,8 @@ def main() -> None:
         wall = statistics.median(value[0] for value in values)
         table[name] = {"images_per_s_job": images / job, "wall_s": wall, "runs": values}
         print(f"| {name} | {images / job:.0f} | {wall:.1f} |")
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-engines.json")
-    with open(path, "w") as handle:
-        json.dump({"images": images, "rounds": args.rounds, "cpus": os.cpu_count(), "runners": table}, handle, indent=1)
-    print(f"\nwrote {path}")
+    print()
+    save_dated("engines", {"images": images, "rounds": args.rounds, "cpus": os.cpu_count(), "runners": table})
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ on a local standalone cluster (engines/cluster.py), a pipeline that makes N MB o
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 import tempfile
@@ -26,7 +24,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT]
+sys.path[:0] = [ROOT, HERE]  # engines/ (the repository's), run.py
+
+from run import save_dated  # noqa: E402
 
 from engines import cluster  # noqa: E402
 
@@ -79,10 +79,7 @@ def main() -> None:
                 results.append({"mb": megabytes, "element_bytes": args.element_bytes, "gather": how,
                                 "outcome": outcome, "seconds": round(seconds, 1)})
                 print(f"{megabytes} MB by {how}: {outcome} ({seconds:.1f} s)", flush=True)
-    path = os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-flink-gather.json")
-    with open(path, "w") as handle:
-        json.dump({"timeout_s": args.timeout, "runs": results}, handle, indent=1)
-    print(f"wrote {path}")
+    save_dated("flink-gather", {"timeout_s": args.timeout, "runs": results})
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ which were still running after --timeout seconds. Needs `python3 dev.py flink fe
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 import tempfile
@@ -23,7 +21,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT]
+sys.path[:0] = [ROOT, HERE]  # engines/ (the repository's), run.py
+
+from run import save_dated  # noqa: E402
 
 from engines import cluster  # noqa: E402
 
@@ -58,10 +58,7 @@ def main() -> None:
             seconds = time.perf_counter() - started
             results.append({"mb": megabytes, "outcome": outcome, "seconds": round(seconds, 1)})
             print(f"{megabytes} MB from one task: {outcome} ({seconds:.1f} s)", flush=True)
-    path = os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-flink-output-limit.json")
-    with open(path, "w") as handle:
-        json.dump({"timeout_s": args.timeout, "runs": results}, handle, indent=1)
-    print(f"wrote {path}")
+    save_dated("flink-output-limit", {"timeout_s": args.timeout, "runs": results})
 
 
 if __name__ == "__main__":

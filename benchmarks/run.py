@@ -50,6 +50,16 @@ TARGETS = {"c/a": 0.8, "c/b": 3.0, "d/b": 1.6}
 
 # --- the dataset ---------------------------------------------------------------------------------
 
+def save_dated(kind: str, result: dict) -> str:
+    """Write result to benchmarks/results/{today}-{kind}.json (what the engine benchmarks keep); its path."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{datetime.date.today().isoformat()}-{kind}.json")
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=1)
+    print(f"wrote {path}")
+    return path
+
+
 def make_dataset(shards: int, per_shard: int, seed: int = 0) -> str:
     """N shards x M natural photographs (random crops of scikit-image's photos, resized to 0.3-0.8 MP,
     JPEG q90) with .txt and .json companions. Cached by size."""
